@@ -1,0 +1,1 @@
+"""Data stages: corpus -> tokenizer -> tokenize/pack -> masking; labeled data for the sweep."""

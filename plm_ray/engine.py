@@ -1,0 +1,181 @@
+"""The one training-step layer: a DeepSpeed engine around a module whose forward returns a dict with
+`loss`. Pre-training (SparseMLM, many ranks) and every sweep trial (Classifier, one rank) use it, so
+precision, ZeRO, optimizer, schedule, clipping, checkpointing and export are written once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from transformers import PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+
+def resolve_precision(requested: str, use_gpu: bool) -> str:
+    """bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPU; an explicit choice wins but
+    bf16/fp16 on CPU is refused (DeepSpeed's CPU path trains in fp32)."""
+    if requested != "auto":
+        if requested != "fp32" and not use_gpu:
+            raise ValueError(f"precision {requested} needs a GPU; use fp32 or auto on CPU")
+        return requested
+    if not use_gpu:
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def deepspeed_config(
+    *,
+    micro_batch: int,
+    grad_accum: int,
+    zero_stage: int,
+    offload: bool,
+    precision: str,
+    learning_rate: float,
+    weight_decay: float,
+    warmup_steps: int,
+    total_steps: int,
+    schedule: str,
+    grad_clip: float,
+) -> dict[str, Any]:
+    warmup = min(warmup_steps, max(total_steps - 1, 0))
+    scheduler = (
+        {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": total_steps,
+                "warmup_num_steps": warmup,
+                "warmup_min_ratio": 0.0,
+                "cos_min_ratio": 0.0,
+            },
+        }
+        if schedule == "cosine"
+        else {
+            "type": "WarmupDecayLR",
+            "params": {
+                "total_num_steps": total_steps,
+                "warmup_num_steps": warmup,
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": learning_rate,
+                "warmup_type": "linear",
+            },
+        }
+    )
+    zero: dict[str, Any] = {"stage": zero_stage, "contiguous_gradients": True}
+    if offload and zero_stage > 0:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": grad_clip,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": learning_rate,
+                "betas": [0.9, 0.98],
+                "eps": 1e-6,
+                "weight_decay": weight_decay,
+                # torch's AdamW everywhere except offload, which needs DeepSpeed's CPU Adam
+                "torch_adam": not (offload and zero_stage > 0),
+            },
+        },
+        "scheduler": scheduler,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and LayerNorm weights (standard BERT recipe)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_process_group(use_gpu: bool) -> None:
+    """Ray Train sets up torch.distributed for its workers; a Tune trial is a single process and
+    gets a one-rank group here so the same DeepSpeed engine runs in both."""
+    if dist.is_initialized():
+        return
+    for key, value in (
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", str(_free_port())),
+        ("RANK", "0"),
+        ("LOCAL_RANK", "0"),
+        ("WORLD_SIZE", "1"),
+    ):
+        os.environ.setdefault(key, value)
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False, verbose=False)
+
+
+class Engine:
+    """A DeepSpeed engine plus the few operations the training loops need."""
+
+    def __init__(self, module: torch.nn.Module, config: dict[str, Any], weight_decay: float):
+        self.zero_stage = config["zero_optimization"]["stage"]
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=module, model_parameters=param_groups(module, weight_decay), config=config
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    @property
+    def global_steps(self) -> int:
+        """Optimizer steps taken (micro-steps / gradient accumulation)."""
+        return self.engine.global_steps
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.engine.train()
+        out = self.engine(**batch)
+        self.engine.backward(out["loss"])
+        self.engine.step()
+        return out
+
+    @torch.no_grad()
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.engine.eval()
+        return self.engine(**batch)
+
+    def save(self, directory: str | Path, client_state: dict[str, Any]) -> None:
+        """This rank's shard (and, on rank 0, the module states) into `directory/state/`."""
+        self.engine.save_checkpoint(str(directory), tag="state", client_state=client_state)
+
+    def load(self, directory: str | Path) -> dict[str, Any]:
+        path, client_state = self.engine.load_checkpoint(str(directory), tag="state")
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed state in {directory}")
+        return client_state
+
+    def export(self, model: PreTrainedModel, out_dir: str | Path, write: bool) -> None:
+        """Consolidated Hugging Face export (safetensors). Under ZeRO-3 every rank must enter the
+        gather; without it each rank holds only its shard and the export would be empty."""
+        with deepspeed.zero.GatheredParameters(
+            list(model.parameters()), modifier_rank=None, enabled=self.zero_stage == 3
+        ):
+            if write:
+                model.save_pretrained(str(out_dir), safe_serialization=True)
+        if dist.is_initialized():
+            dist.barrier()

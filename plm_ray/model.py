@@ -1,0 +1,136 @@
+"""Stage 5, model: BERT / RoBERTa masked-LM and classifier built with `transformers`, plus the thin
+wrappers the shared engine trains (each returns a dict with `loss`)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoConfig,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    RobertaConfig,
+)
+
+from plm_ray.config import ConfigError, ModelSection
+
+# (layers, hidden, heads, intermediate); tiny..small follow Turc et al. 2019, base/large follow BERT.
+PRESETS = {
+    "tiny": (2, 128, 2, 512),
+    "mini": (4, 256, 4, 1024),
+    "small": (4, 512, 8, 2048),
+    "medium": (8, 512, 8, 2048),
+    "base": (12, 768, 12, 3072),
+    "large": (24, 1024, 16, 4096),
+}
+VOCAB_MULTIPLE = 64  # embedding and MLM-decoder matmuls run faster on multiples of 64
+
+
+def padded_vocab(n_tokens: int) -> int:
+    return math.ceil(n_tokens / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def build_config(cfg: ModelSection, n_tokens: int, block_size: int, pad_id: int) -> PretrainedConfig:
+    layers, hidden, heads, inter = PRESETS[cfg.preset]
+    dropout = 0.1 if cfg.dropout < 0 else cfg.dropout
+    common = dict(
+        vocab_size=padded_vocab(n_tokens),
+        num_hidden_layers=cfg.num_layers or layers,
+        hidden_size=cfg.hidden_size or hidden,
+        num_attention_heads=cfg.num_heads or heads,
+        intermediate_size=cfg.intermediate_size or inter,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        pad_token_id=pad_id,
+        type_vocab_size=1,
+    )
+    positions = cfg.max_positions or block_size
+    if cfg.arch == "roberta":  # RoBERTa offsets positions by pad_id + 1
+        return RobertaConfig(max_position_embeddings=positions + pad_id + 1, **common)
+    return BertConfig(max_position_embeddings=positions, **common)
+
+
+def max_sequence(config: PretrainedConfig) -> int:
+    offset = config.pad_token_id + 1 if config.model_type == "roberta" else 0
+    return config.max_position_embeddings - offset
+
+
+def _load(kind: type, location: str | Path, **kwargs: object) -> PreTrainedModel:
+    try:
+        return kind.from_pretrained(str(location), attn_implementation="sdpa", **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"not a loadable Hugging Face checkpoint: {location} ({str(exc).splitlines()[0]})") from exc
+
+
+def build_mlm(
+    cfg: ModelSection, n_tokens: int, block_size: int, pad_id: int, init_dir: Path | None = None
+) -> PreTrainedModel:
+    """A fresh model from the preset, or an existing checkpoint to continue pre-training."""
+    if init_dir is not None:
+        model = _load(AutoModelForMaskedLM, init_dir)
+        if model.config.vocab_size < n_tokens:
+            raise ConfigError(
+                f"model {init_dir} has {model.config.vocab_size} embeddings but the tokenizer "
+                f"has {n_tokens} tokens; use the checkpoint's own tokenizer"
+            )
+    else:
+        model = AutoModelForMaskedLM.from_config(
+            build_config(cfg, n_tokens, block_size, pad_id), attn_implementation="sdpa"
+        )
+    if block_size > max_sequence(model.config):
+        raise ConfigError(
+            f"data.block_size = {block_size} is larger than the model's {max_sequence(model.config)} positions"
+        )
+    return model
+
+
+def build_classifier(
+    location: Path | None, num_labels: int, id2label: dict[int, str], random_like: PretrainedConfig | None = None
+) -> PreTrainedModel:
+    """From a pre-trained checkpoint, or (location None) a random init with `random_like`'s shape."""
+    labels = {"num_labels": num_labels, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    if location is None:
+        assert random_like is not None
+        config = AutoConfig.for_model(random_like.model_type, **{**random_like.to_dict(), **labels})
+        return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    return _load(AutoModelForSequenceClassification, location, **labels)
+
+
+def _mlm_head(model: PreTrainedModel) -> torch.nn.Module:
+    return model.cls if hasattr(model, "cls") else model.lm_head
+
+
+class SparseMLM(torch.nn.Module):
+    """MLM loss with logits computed only at the masked positions (~15% of tokens): the vocabulary
+    projection dominates a small model's FLOPs, so this is most of the speed-up over the dense head."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, mlm_mask: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        hidden = self.model.base_model(input_ids=input_ids).last_hidden_state
+        logits = _mlm_head(self.model)(hidden[mlm_mask])
+        loss = F.cross_entropy(logits.float(), labels)
+        correct = (logits.argmax(-1) == labels).sum()
+        return {"loss": loss, "correct": correct, "count": torch.tensor(labels.numel(), device=labels.device)}
+
+
+class Classifier(torch.nn.Module):
+    """Sequence classification with the model's own head; same dict interface as SparseMLM."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return {"loss": F.cross_entropy(logits.float(), labels), "logits": logits}

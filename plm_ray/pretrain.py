@@ -1,0 +1,311 @@
+"""Stage 6, pre-training: Ray Train `TorchTrainer` workers, each driving a DeepSpeed ZeRO engine on
+packed blocks streamed from Ray Data. The per-worker loop reads top to bottom:
+restore -> for each micro-batch: mask, step -> log / evaluate / checkpoint -> export."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from plm_ray.config import Config, ConfigError, from_dict
+from plm_ray.data.masking import MaskingTables, mask_tokens
+from plm_ray.data.tokenizer import load_tokenizer
+from plm_ray.engine import Engine, deepspeed_config, resolve_precision
+from plm_ray.model import SparseMLM, build_mlm
+from plm_ray.store import Store, fetch_dir
+
+EXPORT_TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 5e-2}
+
+
+def _fmt_eta(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
+
+
+class Evaluator:
+    """Held-out MLM loss, perplexity and masked-token accuracy on a fixed set of blocks. Masks are
+    drawn from a fixed seed so successive evaluations are comparable; every rank runs the same
+    number of batches (required under ZeRO-3, where forward passes gather across ranks)."""
+
+    def __init__(
+        self,
+        blocks: np.ndarray,
+        rank: int,
+        world: int,
+        batch: int,
+        tables: MaskingTables,
+        cfg: Config,
+        device: torch.device,
+    ):
+        usable = len(blocks) - len(blocks) % world
+        mine = torch.from_numpy(blocks[:usable][rank::world]).long().to(device)
+        generator = torch.Generator(device=device).manual_seed(12345 + rank)
+        self.batches = [mask_tokens(chunk, tables, cfg.masking, generator) for chunk in mine.split(batch)]
+
+    def __call__(self, engine: Engine) -> dict[str, float]:
+        totals = torch.zeros(3, dtype=torch.float64, device=engine.device)
+        for batch in self.batches:
+            out = engine.forward(batch)
+            totals += torch.stack([out["loss"].double() * out["count"], out["correct"].double(), out["count"].double()])
+        dist.all_reduce(totals)
+        loss = (totals[0] / totals[2]).item()
+        return {
+            "eval_loss": loss,
+            "eval_perplexity": math.exp(min(loss, 50.0)),
+            "eval_accuracy": (totals[1] / totals[2]).item(),
+        }
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    cfg = from_dict(loop_config["config"])
+    run, total_steps = loop_config["run"], loop_config["total_steps"]
+    p = cfg.pretrain
+    store = Store(cfg.store)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    workdir = Path(tempfile.mkdtemp(prefix=f"plm-pretrain-{rank}-"))
+
+    tokenizer = load_tokenizer(store.download_dir(workdir / "tokenizer", run, "tokenizer"))
+    init_dir = fetch_dir(cfg.model.init_from, store, workdir / "init") if cfg.model.init_from else None
+    model = build_mlm(cfg.model, len(tokenizer), cfg.data.block_size, tokenizer.pad_token_id, init_dir)
+    precision = resolve_precision(p.precision, p.use_gpu)
+    engine = Engine(
+        SparseMLM(model),
+        deepspeed_config(
+            micro_batch=p.batch_size,
+            grad_accum=p.grad_accum,
+            zero_stage=p.zero_stage,
+            offload=p.offload,
+            precision=precision,
+            learning_rate=p.learning_rate,
+            weight_decay=p.weight_decay,
+            warmup_steps=p.warmup_steps,
+            total_steps=total_steps,
+            schedule=p.schedule,
+            grad_clip=p.grad_clip,
+        ),
+        p.weight_decay,
+    )
+
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "tokens": 0, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = engine.load(d)
+        if rank == 0:
+            print(
+                f"[pretrain] resumed at step {state['step']} (epoch {state['epoch']}, "
+                f"batch {state['batches_in_epoch']}), lr {engine.learning_rate:.3e}",
+                flush=True,
+            )
+    elif rank == 0:
+        n_params = sum(t.numel() for t in model.parameters())
+        print(
+            f"[pretrain] {world} worker(s), ZeRO-{p.zero_stage}, {precision}, {n_params / 1e6:.1f}M parameters, "
+            f"{total_steps} steps",
+            flush=True,
+        )
+
+    device = engine.device
+    tables = MaskingTables.from_tokenizer(tokenizer).to(device)
+    generator = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank + 7919 * state["step"])
+    evaluate = Evaluator(loop_config["eval_blocks"], rank, world, p.batch_size, tables, cfg, device)
+    writer = _tensorboard(workdir) if rank == 0 else None
+
+    def save_and_report(metrics: dict[str, Any]) -> None:
+        """Every rank writes its own ZeRO shard and reports it; Ray merges them into one
+        checkpoint directory. All ranks must call report, or the others wait forever."""
+        ckpt_dir = workdir / f"ckpt-{state['step']}"
+        engine.save(ckpt_dir, state)
+        if rank == 0:
+            tokenizer.save_pretrained(str(ckpt_dir / "tokenizer"))
+            (ckpt_dir / "plm_ray.json").write_text(json.dumps({"step": state["step"], "run": run}))
+            store.write_json(state["history"], run, "pretrain", "history.json")
+            if writer:
+                writer.flush()
+                store.upload_dir(workdir / "tensorboard", run, "pretrain", "tensorboard")
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(ckpt_dir)))
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    shard = ray.train.get_dataset_shard("train")
+    loss_sum, micro_steps, started, start_step = torch.zeros((), device=device), 0, time.time(), state["step"]
+    last: dict[str, float] = {}
+    while state["step"] < total_steps:
+        batches = shard.iter_torch_batches(
+            batch_size=p.batch_size,
+            drop_last=True,
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer_blocks or None,
+            local_shuffle_seed=cfg.run.seed + state["epoch"],
+        )
+        for index, batch in enumerate(batches):
+            if index < state["batches_in_epoch"]:
+                continue  # resuming mid-epoch: skip what the checkpoint already consumed
+            input_ids = batch["input_ids"].to(device, dtype=torch.long, non_blocking=True)
+            out = engine.train_step(mask_tokens(input_ids, tables, cfg.masking, generator))
+            loss_sum += out["loss"].detach()
+            micro_steps += 1
+            state["batches_in_epoch"] += 1
+            state["tokens"] += input_ids.numel() * world
+            if engine.global_steps == state["step"]:
+                continue  # inside a gradient-accumulation window
+            state["step"] = step = engine.global_steps
+            if step % p.log_every_steps == 0 or step == total_steps:
+                last = {
+                    "step": step,
+                    "loss": (loss_sum / micro_steps).item(),
+                    "lr": engine.learning_rate,
+                    "tokens": state["tokens"],
+                }
+                loss_sum.zero_()
+                micro_steps = 0
+                rate = (step - start_step) / (time.time() - started)
+                tokens_per_second = rate * p.batch_size * p.grad_accum * cfg.data.block_size * world
+                last["tokens_per_second"] = tokens_per_second
+                state["history"].append(last)
+                if rank == 0:
+                    print(
+                        f"[pretrain] step {step}/{total_steps} loss {last['loss']:.4f} lr {last['lr']:.2e} "
+                        f"tok/s {tokens_per_second:,.0f} ETA {_fmt_eta((total_steps - step) / rate)}",
+                        flush=True,
+                    )
+                    _log_scalars(writer, step, last)
+            if p.eval_every_steps and step % p.eval_every_steps == 0 and step < total_steps:
+                metrics = evaluate(engine)
+                state["history"].append({"step": step, **metrics})
+                if rank == 0:
+                    print(
+                        f"[pretrain] step {step} eval loss {metrics['eval_loss']:.4f} "
+                        f"ppl {metrics['eval_perplexity']:.2f} acc {metrics['eval_accuracy']:.3f}",
+                        flush=True,
+                    )
+                    _log_scalars(writer, step, metrics)
+            if p.checkpoint_every_steps and step % p.checkpoint_every_steps == 0 and step < total_steps:
+                save_and_report({"step": step, **last})
+            if step >= total_steps:
+                break
+        else:
+            state["epoch"] += 1
+            state["batches_in_epoch"] = 0
+
+    final = {**last, "step": state["step"], **evaluate(engine), "wall_seconds": time.time() - started}
+    state["history"].append({"step": state["step"], **{k: v for k, v in final.items() if k.startswith("eval_")}})
+    final["export_max_abs_diff"] = _export(engine, model, tokenizer, evaluate, workdir / "export", rank, precision)
+    if rank == 0:
+        store.upload_dir(workdir / "export", run, "pretrain", "export")
+        _log_scalars(writer, state["step"], final)
+        print(
+            f"[pretrain] done: eval loss {final['eval_loss']:.4f}, export {store.uri(run, 'pretrain', 'export')}",
+            flush=True,
+        )
+    save_and_report(final)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _export(
+    engine: Engine,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    evaluate: Evaluator,
+    out_dir: Path,
+    rank: int,
+    precision: str,
+) -> float:
+    """Write the consolidated HF model and tokenizer, then reload it with plain transformers and
+    check it reproduces the live engine's loss on one held-out batch."""
+    batch = evaluate.batches[0]
+    live = engine.forward(batch)["loss"].item()
+    engine.export(model, out_dir, write=rank == 0)
+    if rank != 0:
+        return 0.0
+    tokenizer.save_pretrained(str(out_dir))
+    from transformers import AutoModelForMaskedLM
+
+    reloaded = SparseMLM(AutoModelForMaskedLM.from_pretrained(str(out_dir)).to(engine.device)).eval()
+    with torch.no_grad():
+        diff = abs(reloaded(**batch)["loss"].item() - live)
+    if diff > EXPORT_TOLERANCE[precision]:
+        raise RuntimeError(f"exported model disagrees with the live engine: |loss diff| = {diff:.2e}")
+    return diff
+
+
+def _tensorboard(workdir: Path) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(workdir / "tensorboard"))
+
+
+def _log_scalars(writer: Any, step: int, metrics: dict[str, Any]) -> None:
+    if writer is not None:
+        for key, value in metrics.items():
+            if isinstance(value, float):
+                writer.add_scalar(f"pretrain/{key}", value, step)
+
+
+def check_resources(cfg: Config) -> None:
+    """Refuse up front what would otherwise wait forever for resources that never come."""
+    p = cfg.pretrain
+    have = ray.cluster_resources()
+    need_cpu = p.num_workers * p.cpus_per_worker
+    if need_cpu > have.get("CPU", 0):
+        raise ConfigError(
+            f"pretrain.num_workers = {p.num_workers} x cpus_per_worker = {p.cpus_per_worker} needs "
+            f"{need_cpu} CPUs, but the Ray cluster has {have.get('CPU', 0):g}"
+        )
+    if p.use_gpu and p.num_workers > have.get("GPU", 0):
+        raise ConfigError(
+            f"pretrain.num_workers = {p.num_workers} with use_gpu needs {p.num_workers} GPUs, "
+            f"but the Ray cluster has {have.get('GPU', 0):g}"
+        )
+
+
+def total_steps(cfg: Config, n_blocks: int) -> int:
+    p = cfg.pretrain
+    batches_per_rank = n_blocks // p.num_workers // p.batch_size
+    steps_per_epoch = batches_per_rank // p.grad_accum
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"corpus too small: {n_blocks} blocks of {cfg.data.block_size} tokens give no full step "
+            f"for {p.num_workers} workers x batch {p.batch_size} x accumulation {p.grad_accum}"
+        )
+    return p.max_steps or steps_per_epoch * p.epochs
+
+
+def run_pretraining(cfg: Config, store: Store, run: str, train_blocks: Any, eval_blocks: np.ndarray) -> dict[str, Any]:
+    """Launch the TorchTrainer; returns the final metrics of rank 0."""
+    p = cfg.pretrain
+    steps = total_steps(cfg, train_blocks.count())
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfg.to_dict(), "run": run, "total_steps": steps, "eval_blocks": eval_blocks},
+        scaling_config=ScalingConfig(
+            num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker={"CPU": p.cpus_per_worker}
+        ),
+        torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo", timeout_s=p.comm_timeout_s),
+        run_config=RunConfig(
+            name="pretrain",
+            storage_path=store.path(run),
+            storage_filesystem=store.fs,
+            failure_config=FailureConfig(max_failures=p.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=p.keep_checkpoints),
+        ),
+        datasets={"train": train_blocks},
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if not result.metrics or result.checkpoint is None:
+        raise RuntimeError("pre-training finished without reporting its final checkpoint")
+    return {**result.metrics, "checkpoint": store.location_of(result.checkpoint.path)}

@@ -1,0 +1,248 @@
+"""Stage 7, sweep: a Ray Tune search over fine-tuning hyperparameters. Each trial fine-tunes sequence
+classification through the same DeepSpeed engine layer as pre-training, reports accuracy and
+macro-F1 every epoch (ASHA stops weak trials), and checkpoints a loadable Hugging Face model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from plm_ray.config import Config, ConfigError, from_dict
+from plm_ray.data.labeled import load_split
+from plm_ray.data.tokenizer import load_tokenizer
+from plm_ray.engine import Engine, deepspeed_config, ensure_process_group, resolve_precision
+from plm_ray.model import Classifier, build_classifier
+from plm_ray.store import Store, fetch_dir
+
+RESULT_FIELDS = [
+    "trial_id",
+    "status",
+    "learning_rate",
+    "batch_size",
+    "epochs_run",
+    "best_epoch",
+    "accuracy",
+    "macro_f1",
+    "checkpoint",
+]
+
+
+def macro_f1(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
+    scores = []
+    for c in range(num_labels):
+        tp = np.sum((pred == c) & (gold == c))
+        denom = np.sum(pred == c) + np.sum(gold == c)
+        if denom:
+            scores.append(2 * tp / denom)
+    return float(np.mean(scores))
+
+
+def _batches(
+    ids: list[list[int]], labels: np.ndarray, batch_size: int, pad_id: int, device: torch.device, order: np.ndarray
+) -> list[dict[str, torch.Tensor]]:
+    """Dynamic padding to the longest sequence of each batch."""
+    out = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(ids[i]) for i in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        for j, i in enumerate(rows):
+            input_ids[j, : len(ids[i])] = torch.tensor(ids[i])
+        out.append(
+            {
+                "input_ids": input_ids.to(device),
+                "attention_mask": (input_ids != pad_id).long().to(device),
+                "labels": torch.as_tensor(labels[rows], dtype=torch.long, device=device),
+            }
+        )
+    return out
+
+
+def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
+    """One Tune trial: fine-tune, evaluate and checkpoint once per epoch."""
+    cfg = from_dict(setup["config"])
+    s, store, run = cfg.sweep, Store(cfg.store), setup["run"]
+    workdir = Path(tempfile.mkdtemp(prefix="plm-trial-"))
+    model_dir = fetch_dir(setup["model"], store, workdir / "model") if setup["model"] else None
+    tokenizer = load_tokenizer(model_dir or store.download_dir(workdir / "tokenizer", run, "tokenizer"))
+    random_like = None
+    if model_dir is None:
+        from transformers import AutoConfig
+
+        random_like = AutoConfig.from_pretrained(str(fetch_dir(setup["random_like"], store, workdir / "shape")))
+    id2label = {int(k): v for k, v in setup["id2label"].items()}
+    model = build_classifier(model_dir, len(id2label), id2label, random_like)
+
+    texts, labels = load_split(store, run, s.name, "train")
+    v_texts, v_labels = load_split(store, run, s.name, "validation")
+    encode = lambda xs: tokenizer(xs, truncation=True, max_length=s.max_length)["input_ids"]  # noqa: E731
+    ids, v_ids = encode(texts), encode(v_texts)
+
+    use_gpu = s.gpus_per_trial > 0
+    ensure_process_group(use_gpu)
+    batch_size, lr = int(hparams["batch_size"]), float(hparams["learning_rate"])
+    steps = s.epochs * -(-len(ids) // batch_size)
+    engine = Engine(
+        Classifier(model),
+        deepspeed_config(
+            micro_batch=batch_size,
+            grad_accum=1,
+            zero_stage=s.zero_stage,
+            offload=False,
+            precision=resolve_precision(s.precision, use_gpu),
+            learning_rate=lr,
+            weight_decay=s.weight_decay,
+            warmup_steps=int(s.warmup_ratio * steps),
+            total_steps=steps,
+            schedule="linear",
+            grad_clip=1.0,
+        ),
+        s.weight_decay,
+    )
+    rng = np.random.default_rng(cfg.run.seed)
+    valid = _batches(v_ids, v_labels, 128, tokenizer.pad_token_id, engine.device, np.argsort([len(x) for x in v_ids]))
+    for epoch in range(1, s.epochs + 1):
+        losses = [
+            engine.train_step(b)["loss"].detach()
+            for b in _batches(ids, labels, batch_size, tokenizer.pad_token_id, engine.device, rng.permutation(len(ids)))
+        ]
+        preds, gold = [], []
+        for b in valid:
+            preds.append(engine.forward(b)["logits"].argmax(-1).cpu())
+            gold.append(b["labels"].cpu())
+        pred, true = torch.cat(preds).numpy(), torch.cat(gold).numpy()
+        ckpt = workdir / f"epoch-{epoch}"
+        engine.export(model, ckpt, write=True)
+        tokenizer.save_pretrained(str(ckpt))
+        (ckpt / "plm_ray.json").write_text(json.dumps({"epoch": epoch, "learning_rate": lr}))
+        metrics = {
+            "epoch": epoch,
+            "accuracy": float((pred == true).mean()),
+            "macro_f1": macro_f1(pred, true, len(id2label)),
+            "train_loss": float(torch.stack(losses).mean()),
+            "learning_rate": lr,
+            "batch_size": batch_size,
+        }
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
+        shutil.rmtree(ckpt, ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def check_trial_resources(cfg: Config) -> None:
+    """A trial larger than every node stays PENDING forever; refuse it up front."""
+    s = cfg.sweep
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not any(r.get("CPU", 0) >= s.cpus_per_trial and r.get("GPU", 0) >= s.gpus_per_trial for r in nodes):
+        biggest = max(((r.get("CPU", 0), r.get("GPU", 0)) for r in nodes), default=(0, 0))
+        raise ConfigError(
+            f"sweep trial resources (cpus_per_trial = {s.cpus_per_trial}, gpus_per_trial = "
+            f"{s.gpus_per_trial}) fit no node; the largest has {biggest[0]:g} CPUs, {biggest[1]:g} GPUs"
+        )
+
+
+def search_space(cfg: Config) -> tuple[dict[str, Any], int]:
+    s = cfg.sweep
+    lr = tune.grid_search(s.learning_rates) if s.lr_space == "grid" else tune.loguniform(s.lr_min, s.lr_max)
+    return {"learning_rate": lr, "batch_size": tune.grid_search(s.batch_sizes)}, (
+        1 if s.lr_space == "grid" else s.num_samples
+    )
+
+
+def run_sweep(
+    cfg: Config, store: Store, run: str, model: str, random_like: str, labels: dict[str, Any]
+) -> dict[str, Any]:
+    """Run the Tuner; write the results table and the best model into the store."""
+    s = cfg.sweep
+    check_trial_resources(cfg)
+    space, samples = search_space(cfg)
+    setup = {
+        "config": cfg.to_dict(),
+        "run": run,
+        "model": model,
+        "random_like": random_like,
+        "id2label": labels["id2label"],
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(finetune_trial, setup=setup), {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric="accuracy",
+            mode="max",
+            num_samples=samples,
+            max_concurrent_trials=s.max_concurrent_trials,
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=s.epochs, grace_period=s.grace_period),
+        ),
+        run_config=tune.RunConfig(
+            name=s.name,
+            storage_path=store.path(run),
+            storage_filesystem=store.fs,
+            verbose=1,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="accuracy", checkpoint_score_order="max"
+            ),
+        ),
+    )
+    return collect_results(tuner.fit(), store, run, s.name)
+
+
+def collect_results(grid: tune.ResultGrid, store: Store, run: str, sweep_name: str) -> dict[str, Any]:
+    rows = []
+    for result in grid:
+        row: dict[str, Any] = {
+            "trial_id": Path(result.path).name,
+            "status": "ERROR" if result.error else "OK",
+            "learning_rate": result.config["learning_rate"],
+            "batch_size": result.config["batch_size"],
+        }
+        history = result.metrics_dataframe
+        if history is not None and len(history):
+            best = history.loc[history["accuracy"].idxmax()]
+            checkpoint = result.get_best_checkpoint("accuracy", "max")
+            row.update(
+                epochs_run=int(history["epoch"].max()),
+                best_epoch=int(best["epoch"]),
+                accuracy=float(best["accuracy"]),
+                macro_f1=float(best["macro_f1"]),
+                checkpoint=store.location_of(checkpoint.path) if checkpoint else "",
+            )
+        rows.append(row)
+    finished = [r for r in rows if r.get("checkpoint")]
+    if not finished:
+        errors = "; ".join(str(r.error).splitlines()[-1] for r in grid if r.error)
+        raise RuntimeError(f"no sweep trial finished an epoch: {errors}")
+    best = max(finished, key=lambda r: r["accuracy"])
+    best_path = store.fs_path_of(best["checkpoint"])
+    best_uri = store.copy_within(best_path, run, sweep_name, "best_model")
+    rows.sort(key=lambda r: r["learning_rate"])
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    store.write_bytes(table.getvalue().encode(), run, sweep_name, "results.csv")
+    out = {
+        "trials": rows,
+        "best": {
+            "learning_rate": best["learning_rate"],
+            "batch_size": best["batch_size"],
+            "accuracy": best["accuracy"],
+            "macro_f1": best["macro_f1"],
+            "checkpoint": best_uri,
+            "trial_checkpoint": best["checkpoint"],
+        },
+    }
+    store.write_json(out, run, sweep_name, "results.json")
+    return out

@@ -1,0 +1,40 @@
+"""Shared fixtures: one real local Ray cluster per test session, and small reduced configs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from plm_ray.config import Config, load_config
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Small enough for a 2-core CI machine, but every stage runs for real.
+SMALL = [
+    "data.block_size=32",
+    "data.eval_blocks=16",
+    "tokenizer.vocab_size=512",
+    "pretrain.batch_size=8",
+    "pretrain.max_steps=6",
+    "pretrain.warmup_steps=2",
+    "pretrain.log_every_steps=1",
+    "sweep.learning_rates=[0.0005, 0.002]",
+    "sweep.epochs=1",
+    "sweep.max_length=32",
+]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+def small_config(store: Path, run: str, *extra: str) -> Config:
+    return load_config(None, [*SMALL, f"store.root={store}", f"run.name={run}", *extra])

@@ -1,0 +1,143 @@
+"""Corpus reading, tokenizer training, packing and masking on real Ray Data / tokenizers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from plm_ray.config import ConfigError, DataSection, MaskingSection, StoreSection, TokenizerSection
+from plm_ray.data import embedded
+from plm_ray.data.corpus import read_corpus
+from plm_ray.data.masking import MaskingTables, mask_tokens
+from plm_ray.data.packing import is_eval_document, packed_blocks, tokenized
+from plm_ray.data.tokenizer import prepare_tokenizer
+from plm_ray.store import Store
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+LINES = embedded.corpus_lines(n_docs=600, seed=3)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(StoreSection(root=str(tmp_path / "store")))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    import ray.data
+
+    corpus = ray.data.from_items([{"text": t} for t in LINES])
+    return prepare_tokenizer(TokenizerSection(vocab_size=400), corpus, tmp_path_factory.mktemp("tok"))
+
+
+def _texts(ds) -> list[str]:
+    return sorted(r["text"] for r in ds.take_all())
+
+
+def test_reads_text_jsonl_parquet_csv_and_globs(tmp_path: Path, store: Store):
+    docs = ["first document here", "second, with a comma", 'third "quoted" one']
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.txt").write_text("\n".join(docs[:2]) + "\n\n")
+    (tmp_path / "t" / "b.txt").write_text(docs[2] + "\n")
+    (tmp_path / "t" / "README.md").write_text("not corpus")
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"body": d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    pq.write_table(pa.table({"body": docs}), tmp_path / "d.parquet")
+    (tmp_path / "e.csv").write_text(
+        "id,body\n" + "".join(f'{i},"{d.replace(chr(34), chr(34) * 2)}"\n' for i, d in enumerate(docs))
+    )
+    assert _texts(read_corpus(DataSection(), store, str(tmp_path / "t"))) == sorted(docs)
+    assert _texts(read_corpus(DataSection(), store, str(tmp_path / "t" / "*.txt"))) == sorted(docs)
+    for name in ("c.jsonl", "d.parquet", "e.csv"):
+        assert _texts(read_corpus(DataSection(text_column="body"), store, str(tmp_path / name))) == sorted(docs)
+
+
+def test_blank_line_documents(tmp_path: Path, store: Store):
+    (tmp_path / "a.txt").write_text("para one\nstill one\n\npara two\n\n\npara three\n")
+    got = _texts(read_corpus(DataSection(documents="blank_line"), store, str(tmp_path / "a.txt")))
+    assert got == ["para one still one", "para three", "para two"]
+
+
+def test_bad_corpus_inputs(tmp_path: Path, store: Store):
+    with pytest.raises(ConfigError, match="corpus path not found: .*missing"):
+        read_corpus(DataSection(), store, str(tmp_path / "missing"))
+    (tmp_path / "empty.txt").write_text("\n\n   \n")
+    with pytest.raises(ConfigError, match="contains no text"):
+        read_corpus(DataSection(), store, str(tmp_path / "empty.txt"))
+    (tmp_path / "mix").mkdir()
+    (tmp_path / "mix" / "a.txt").write_text("x\n")
+    (tmp_path / "mix" / "b.jsonl").write_text('{"text": "y"}\n')
+    with pytest.raises(ConfigError, match="mixes formats"):
+        read_corpus(DataSection(), store, str(tmp_path / "mix"))
+    (tmp_path / "c.jsonl").write_text('{"body": "y"}\n')
+    with pytest.raises(ConfigError, match="has no column 'text' \\(columns: body\\)"):
+        read_corpus(DataSection(), store, str(tmp_path / "c.jsonl"))
+
+
+def test_non_utf8_bytes_are_replaced_not_fatal(tmp_path: Path, store: Store):
+    (tmp_path / "bad.txt").write_bytes(b"good line\nbad \xff\xfe line\n")
+    assert _texts(read_corpus(DataSection(), store, str(tmp_path / "bad.txt"))) == [
+        "bad \ufffd\ufffd line",
+        "good line",
+    ]
+
+
+def test_packing_keeps_every_token_and_never_pads(tokenizer):
+    import ray.data
+
+    corpus = ray.data.from_items([{"text": t} for t in LINES]).repartition(7)
+    tok_json, sep, cls = tokenizer.backend_tokenizer.to_str(), tokenizer.sep_token_id, tokenizer.cls_token_id
+    block = 48
+    # small tokenize batches: many batch boundaries that the packer must carry across
+    stream = [r["tokens"] for r in tokenized(corpus, tok_json, sep, "train", 0.1, 16).take_all()]
+    tokens_in = sum(len(t) for t in stream)
+    blocks = np.stack(
+        [r["input_ids"] for r in packed_blocks(corpus, tok_json, sep, cls, "train", 0.1, block, 16).take_all()]
+    )
+    assert blocks.shape[1] == block
+    assert (blocks[:, 0] == cls).all()
+    assert not (blocks == tokenizer.pad_token_id).any()
+    body = block - 1
+    assert blocks.shape[0] == tokens_in // body  # only the final partial block is dropped
+    assert tokens_in - blocks.shape[0] * body < body
+    assert np.bincount(blocks[:, 1:].ravel(), minlength=len(tokenizer)).sum() == blocks.shape[0] * body
+
+
+def test_eval_split_is_deterministic_and_disjoint():
+    held = [t for t in LINES if is_eval_document(t, 0.2)]
+    assert held == [t for t in LINES if is_eval_document(t, 0.2)]
+    assert 0.1 < len(held) / len(LINES) < 0.3
+
+
+def test_masking_statistics_and_special_tokens(tokenizer):
+    tables = MaskingTables.from_tokenizer(tokenizer)
+    ids = torch.tensor([tokenizer(t).input_ids[:40] for t in LINES if len(tokenizer(t).input_ids) >= 40][:200])
+    out = mask_tokens(ids, tables, MaskingSection(), torch.Generator().manual_seed(0))
+    special = tables.special[ids]
+    selected = out["mlm_mask"]
+    assert not (selected & special).any()
+    rate = selected.sum() / (~special).sum()
+    assert abs(rate.item() - 0.15) < 0.02
+    changed = out["input_ids"][selected]
+    frac_mask = (changed == tokenizer.mask_token_id).float().mean().item()
+    frac_keep = (changed == ids[selected]).float().mean().item()
+    assert abs(frac_mask - 0.8) < 0.05 and abs(frac_keep - 0.1) < 0.04
+    assert torch.equal(out["labels"], ids[selected])
+    assert torch.equal(out["input_ids"][~selected], ids[~selected])
+
+
+def test_whole_word_masking_takes_all_pieces(tokenizer):
+    tables = MaskingTables.from_tokenizer(tokenizer)
+    text = " ".join(["unbelievably", "extraordinarily", "incomprehensibilities"] * 20)
+    ids = torch.tensor([tokenizer(text).input_ids])
+    assert tables.continuation[ids].any(), "test text must split into WordPiece pieces"
+    out = mask_tokens(ids, tables, MaskingSection(whole_word=True, probability=0.3), torch.Generator().manual_seed(1))
+    sel, cont = out["mlm_mask"][0], tables.continuation[ids][0]
+    for i in range(1, ids.shape[1]):
+        if cont[i]:
+            assert sel[i] == sel[i - 1], "a word piece was masked apart from its word"

@@ -1,0 +1,96 @@
+"""The real thing, small: Ray Train workers with DeepSpeed ZeRO engines, Ray Tune trials, the store."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+from plm_ray import pipeline
+from plm_ray.cli import main
+
+from .conftest import small_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
+
+
+@pytest.fixture(scope="module")
+def repeated_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same paragraph over and over: every batch is (nearly) the same batch."""
+    path = tmp_path_factory.mktemp("corpus") / "repeated.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat .\n" * 400)
+    return path
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_two_workers_train_and_export_under_every_zero_stage(tmp_path: Path, repeated_corpus: Path, stage: int):
+    cfg = small_config(
+        tmp_path,
+        f"zero{stage}",
+        f"pretrain.zero_stage={stage}",
+        f"data.corpus={repeated_corpus}",
+        "data.eval_fraction=0.3",
+        "pretrain.max_steps=12",
+        "pretrain.learning_rate=0.003",
+        "tokenizer.vocab_size=100",
+        "tokenizer.min_frequency=1",
+    )
+    store, run = pipeline.start_run(cfg, ["pretrain"], resume=False, overwrite=False)
+    result = pipeline.pretrain(cfg, store, run)
+    assert result["steps"] == 12
+    history = [h["loss"] for h in store.read_json(run, "pretrain", "history.json") if "loss" in h]
+    assert len(history) == 12 and history[-1] < 0.7 * history[0], history
+    assert result["export_max_abs_diff"] < 1e-4
+    export = Path(result["export"])
+    assert (export / "model.safetensors").is_file() and (export / "tokenizer.json").is_file()
+    model = AutoModelForMaskedLM.from_pretrained(export)
+    assert all(p.abs().sum() > 0 for p in model.parameters()), "export holds empty (unconsolidated) weights"
+    ckpt = Path(result["checkpoint"])
+    shards = sorted(p.name for p in (ckpt / "state").iterdir())
+    if stage > 0:  # each rank's ZeRO optimizer shard made it into the one checkpoint
+        assert sum("optim_states" in s for s in shards) == 2, shards
+
+
+def test_pretrain_then_sweep_writes_store_layout(tmp_path: Path):
+    cfg = small_config(tmp_path, "full")
+    store, run = pipeline.start_run(cfg, ["pretrain", "sweep"], resume=False, overwrite=False)
+    pipeline.pretrain(cfg, store, run)
+    sweep = pipeline.sweep(cfg, store, run)
+    summary = pipeline.write_summary(cfg, store, run)
+    root = tmp_path / "full"
+    assert json.loads((root / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert {"steps", "tokens", "tokens_per_second", "wall_seconds", "final_loss", "eval_loss", "export"} <= set(
+        summary["pretrain"]
+    )
+    trials = summary["sweep"]["trials"]
+    assert len(trials) == 2 and {t["learning_rate"] for t in trials} == {0.0005, 0.002}
+    for t in trials:
+        assert 0 <= t["accuracy"] <= 1 and 0 <= t["macro_f1"] <= 1 and Path(t["checkpoint"]).is_dir()
+    with open(root / "sweep" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(r["checkpoint"] for r in rows)
+    best = Path(sweep["best"]["checkpoint"])
+    assert best == root / "sweep" / "best_model"
+    model = AutoModelForSequenceClassification.from_pretrained(best)
+    assert model.config.num_labels == 2
+    assert (best / "tokenizer.json").is_file()
+    assert list((root / "pretrain" / "tensorboard").glob("events.out.tfevents.*"))
+
+    # a completed run is not overwritten by accident
+    assert main(["pretrain", "--set", f"store.root={tmp_path}", "--set", "run.name=full"]) == 2
+    # the baseline sweep without pre-training sits beside the main one
+    random_cfg = small_config(tmp_path, "full", "sweep.model=random", "sweep.name=sweep-random")
+    baseline = pipeline.sweep(random_cfg, store, run)
+    assert baseline["model"] == "random" and (root / "sweep-random" / "best_model" / "config.json").is_file()
+
+
+def test_sweep_bad_checkpoint_and_block_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    base = ["--set", f"store.root={tmp_path}", "--set", "run.name=bad"]
+    assert main(["sweep", *base, "--set", f"sweep.model={tmp_path / 'nothing'}"]) == 2
+    assert f"checkpoint path not found: {tmp_path / 'nothing'}" in capsys.readouterr().err
+    (tmp_path / "notackpt").mkdir()
+    assert main(["sweep", *base, "--overwrite", "--set", f"sweep.model={tmp_path / 'notackpt'}"]) == 2
+    assert "not a plm-ray/Hugging Face checkpoint (no config.json)" in capsys.readouterr().err
