@@ -156,6 +156,11 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if not isinstance(value, list):
             value = [value]
         return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import (
-    AutoConfig,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     BertConfig,
@@ -97,7 +96,7 @@ def build_classifier(
     labels = {"num_labels": num_labels, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
     if location is None:
         assert random_like is not None
-        config = AutoConfig.for_model(random_like.model_type, **{**random_like.to_dict(), **labels})
+        config = type(random_like).from_dict({**random_like.to_dict(), **labels})
         return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
     return _load(AutoModelForSequenceClassification, location, **labels)
 

@@ -65,8 +65,11 @@ def test_bad_labels(tmp_path: Path, store: Store, header, rows, message):
 
 def test_out_of_range_with_declared_classes_and_empty_dev(tmp_path: Path, store: Store):
     task = _write(tmp_path / "t.tsv", "sentence\tlabel", ["a\t0", "b\t1", "c\t2"])
-    with pytest.raises(ConfigError, match="label 2 is outside 0..1"):
-        prepare_labeled(SweepSection(num_labels=2), store, "r", task, "")
+    ok_dev = _write(tmp_path / "ok.tsv", "sentence\tlabel", ["x\t0", "y\t1"])
+    with pytest.raises(ConfigError, match="t.tsv: label 2 is outside 0..1"):
+        prepare_labeled(SweepSection(num_labels=2), store, "r", task, ok_dev)
+    with pytest.raises(ConfigError, match="held-out validation split is empty"):
+        prepare_labeled(SweepSection(), store, "r", task, "")
     dev = _write(tmp_path / "d.tsv", "sentence\tlabel", [])
     with pytest.raises(ConfigError, match="d.tsv is empty"):
         prepare_labeled(SweepSection(), store, "r", task, dev)

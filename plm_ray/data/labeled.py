@@ -79,7 +79,7 @@ def _label_ids(labels: pa.ChunkedArray, cfg: SweepSection, where: str, names: li
         bad = values[values != np.round(values)]
         if len(bad) == 0:
             return values.astype(np.int64)
-        raise ConfigError(f"labeled data {where}: column {cfg.label_column!r} has non-integer label {bad[0]!r}")
+        raise ConfigError(f"labeled data {where}: column {cfg.label_column!r} has non-integer label {float(bad[0])!r}")
     values = [str(v) for v in pc.cast(labels, pa.string()).to_pylist()]
     if names is None:
         raise ConfigError(

@@ -1,0 +1,36 @@
+"""The console entry point, as a user runs it: a fresh process that starts its own local Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import SMALL
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "plm_ray", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_run_end_to_end_then_store_ls(tmp_path: Path):
+    sets = [x for s in SMALL for x in ("--set", s)]
+    done = _cli("run", *sets, "--set", "run.name=cli", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "plm_store" / "cli" / "summary.json").read_text())
+    assert summary["pretrain"]["steps"] == 6 and len(summary["sweep"]["trials"]) == 2
+    assert "best: learning_rate" in done.stdout and "[pretrain] step 6/6" in done.stdout + done.stderr
+    listing = _cli("store", "ls", str(tmp_path / "plm_store"), cwd=tmp_path)
+    assert listing.returncode == 0 and listing.stdout.startswith("cli\tcomplete\tpretrain,sweep")
+
+
+def test_missing_corpus_is_one_line_and_exit_2(tmp_path: Path):
+    done = _cli("pretrain", "--set", f"data.corpus={tmp_path / 'nope'}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"plm-ray: error: corpus path not found: {tmp_path / 'nope'}"
