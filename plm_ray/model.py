@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import (
+    AutoConfig,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     BertConfig,
@@ -58,6 +59,18 @@ def build_config(cfg: ModelSection, n_tokens: int, block_size: int, pad_id: int)
 def max_sequence(config: PretrainedConfig) -> int:
     offset = config.pad_token_id + 1 if config.model_type == "roberta" else 0
     return config.max_position_embeddings - offset
+
+
+def check_positions(location: str | Path, block_size: int) -> None:
+    """Refuse a block length the checkpoint's position embeddings cannot hold."""
+    try:
+        config = AutoConfig.from_pretrained(str(location))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"not a loadable Hugging Face checkpoint: {location} ({str(exc).splitlines()[0]})") from exc
+    if block_size > max_sequence(config):
+        raise ConfigError(
+            f"data.block_size = {block_size} is larger than the {max_sequence(config)} positions of model {location}"
+        )
 
 
 def _load(kind: type, location: str | Path, **kwargs: object) -> PreTrainedModel:

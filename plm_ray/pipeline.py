@@ -21,7 +21,7 @@ from plm_ray.data.corpus import read_corpus
 from plm_ray.data.labeled import prepare_labeled
 from plm_ray.data.packing import packed_blocks
 from plm_ray.data.tokenizer import load_tokenizer, prepare_tokenizer
-from plm_ray.model import build_config
+from plm_ray.model import build_config, check_positions
 from plm_ray.pretrain import check_resources, run_pretraining
 from plm_ray.store import Store
 from plm_ray.sweep import run_sweep
@@ -91,6 +91,8 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
     ensure_ray()
     check_resources(cfg)
     d = cfg.data
+    if cfg.model.init_from and "://" not in cfg.model.init_from:  # fail before any data work
+        check_positions(cfg.model.init_from, d.block_size)
     location = embedded_inputs(store, run, cfg.run.seed)["corpus"] if d.corpus == "embedded" else d.corpus
     corpus = read_corpus(d, store, location)
     tokenizer = run_tokenizer(cfg, store, run, corpus)

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "plm_ray", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "plm_ray", *args], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
 
 
 def test_run_end_to_end_then_store_ls(tmp_path: Path):

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, BertConfig
 
 from plm_ray import pipeline
 from plm_ray.cli import main
@@ -96,3 +96,7 @@ def test_sweep_bad_checkpoint_and_block_size(tmp_path: Path, capsys: pytest.Capt
     (tmp_path / "notackpt").mkdir()
     assert main(["sweep", *base, "--overwrite", "--set", f"sweep.model={tmp_path / 'notackpt'}"]) == 2
     assert "not a plm-ray/Hugging Face checkpoint (no config.json)" in capsys.readouterr().err
+    short = tmp_path / "short"
+    BertConfig(max_position_embeddings=16).save_pretrained(short)
+    assert main(["pretrain", *base, "--overwrite", "--set", f"model.init_from={short}"]) == 2
+    assert "data.block_size = 64 is larger than the 16 positions of model" in capsys.readouterr().err
