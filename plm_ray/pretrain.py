@@ -140,6 +140,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(ckpt_dir)))
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 
+    def record(metrics: dict[str, Any], message: str) -> None:
+        state["history"].append(metrics)
+        if rank == 0:
+            print(f"[pretrain] {message}", flush=True)
+            _log_scalars(writer, metrics["step"], metrics)
+
     shard = ray.train.get_dataset_shard("train")
     loss_sum, micro_steps, started, start_step = torch.zeros((), device=device), 0, time.time(), state["step"]
     last: dict[str, float] = {}
@@ -174,24 +180,18 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 rate = (step - start_step) / (time.time() - started)
                 tokens_per_second = rate * p.batch_size * p.grad_accum * cfg.data.block_size * world
                 last["tokens_per_second"] = tokens_per_second
-                state["history"].append(last)
-                if rank == 0:
-                    print(
-                        f"[pretrain] step {step}/{total_steps} loss {last['loss']:.4f} lr {last['lr']:.2e} "
-                        f"tok/s {tokens_per_second:,.0f} ETA {_fmt_eta((total_steps - step) / rate)}",
-                        flush=True,
-                    )
-                    _log_scalars(writer, step, last)
+                record(
+                    last,
+                    f"step {step}/{total_steps} loss {last['loss']:.4f} lr {last['lr']:.2e} "
+                    f"tok/s {tokens_per_second:,.0f} ETA {_fmt_eta((total_steps - step) / rate)}",
+                )
             if p.eval_every_steps and step % p.eval_every_steps == 0 and step < total_steps:
-                metrics = evaluate(engine)
-                state["history"].append({"step": step, **metrics})
-                if rank == 0:
-                    print(
-                        f"[pretrain] step {step} eval loss {metrics['eval_loss']:.4f} "
-                        f"ppl {metrics['eval_perplexity']:.2f} acc {metrics['eval_accuracy']:.3f}",
-                        flush=True,
-                    )
-                    _log_scalars(writer, step, metrics)
+                m = {"step": step, **evaluate(engine)}
+                record(
+                    m,
+                    f"step {step} eval loss {m['eval_loss']:.4f} ppl {m['eval_perplexity']:.2f} "
+                    f"acc {m['eval_accuracy']:.3f}",
+                )
             if p.checkpoint_every_steps and step % p.checkpoint_every_steps == 0 and step < total_steps:
                 save_and_report({"step": step, **last})
             if step >= total_steps:
