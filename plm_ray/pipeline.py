@@ -30,13 +30,11 @@ EMBEDDED = {"corpus": "corpus.txt", "train": "train.tsv", "dev": "dev.tsv"}
 
 
 def ensure_ray() -> None:
-    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local one whose
-    dashboard stays off (nothing listens beyond loopback)."""
+    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local one. Ray's
+    local dashboard binds 127.0.0.1 only; Train's state API needs it."""
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"address": address} if address else {"include_dashboard": False}
-    ray.init(logging_level="WARNING", **kwargs)
+    ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 

@@ -5,10 +5,12 @@ restore -> for each micro-batch: mask, step -> log / evaluate / checkpoint -> ex
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ from plm_ray.engine import Engine, deepspeed_config, resolve_precision
 from plm_ray.model import SparseMLM, build_mlm
 from plm_ray.store import Store, fetch_dir
 
+# Ray Train tees print() in workers to stdout and its log (shown twice); log once instead.
+log = logging.getLogger(__name__)
 EXPORT_TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 5e-2}
 
 
@@ -70,6 +74,8 @@ class Evaluator:
 
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
+    # DeepSpeed's ZeRO collectives call a torch API deprecated in 2.13; once per step is noise.
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
     cfg = from_dict(loop_config["config"])
     run, total_steps = loop_config["run"], loop_config["total_steps"]
     p = cfg.pretrain
@@ -106,17 +112,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             state = engine.load(d)
         if rank == 0:
-            print(
+            log.info(
                 f"[pretrain] resumed at step {state['step']} (epoch {state['epoch']}, "
                 f"batch {state['batches_in_epoch']}), lr {engine.learning_rate:.3e}",
-                flush=True,
             )
     elif rank == 0:
         n_params = sum(t.numel() for t in model.parameters())
-        print(
+        log.info(
             f"[pretrain] {world} worker(s), ZeRO-{p.zero_stage}, {precision}, {n_params / 1e6:.1f}M parameters, "
             f"{total_steps} steps",
-            flush=True,
         )
 
     device = engine.device
@@ -143,7 +147,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     def record(metrics: dict[str, Any], message: str) -> None:
         state["history"].append(metrics)
         if rank == 0:
-            print(f"[pretrain] {message}", flush=True)
+            log.info("[pretrain] %s", message)
             _log_scalars(writer, metrics["step"], metrics)
 
     shard = ray.train.get_dataset_shard("train")
@@ -206,9 +210,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         store.upload_dir(workdir / "export", run, "pretrain", "export")
         _log_scalars(writer, state["step"], final)
-        print(
+        log.info(
             f"[pretrain] done: eval loss {final['eval_loss']:.4f}, export {store.uri(run, 'pretrain', 'export')}",
-            flush=True,
         )
     save_and_report(final)
     shutil.rmtree(workdir, ignore_errors=True)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+import transformers
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
@@ -71,6 +72,7 @@ def _batches(
 
 def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
     """One Tune trial: fine-tune, evaluate and checkpoint once per epoch."""
+    transformers.logging.set_verbosity_error()  # the new head's MISSING/UNEXPECTED report is expected here
     cfg = from_dict(setup["config"])
     s, store, run = cfg.sweep, Store(cfg.store), setup["run"]
     workdir = Path(tempfile.mkdtemp(prefix="plm-trial-"))
