@@ -82,6 +82,7 @@ class PretrainSection:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_SPREAD (one worker per node) | STRICT_PACK
     zero_stage: int = 2
     offload: bool = False  # ZeRO optimizer-state offload to CPU (stages 1-3)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -264,6 +265,12 @@ def validate(cfg: Config) -> None:
             f"is larger than model.max_positions = {m.max_positions}",
         )
     _check(p.num_workers >= 1, "pretrain.num_workers", p.num_workers, "must be >= 1")
+    _check(
+        p.placement_strategy in ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"),
+        "pretrain.placement_strategy",
+        p.placement_strategy,
+        "must be PACK, SPREAD, STRICT_SPREAD or STRICT_PACK",
+    )
     _check(p.zero_stage in (0, 1, 2, 3), "pretrain.zero_stage", p.zero_stage, "ZeRO stage must be 0, 1, 2 or 3")
     _check(s.zero_stage in (0, 1, 2, 3), "sweep.zero_stage", s.zero_stage, "ZeRO stage must be 0, 1, 2 or 3")
     for key, value in (("pretrain.precision", p.precision), ("sweep.precision", s.precision)):

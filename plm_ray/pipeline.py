@@ -131,6 +131,7 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         "eval_perplexity": metrics["eval_perplexity"],
         "eval_accuracy": metrics["eval_accuracy"],
         "export_max_abs_diff": metrics["export_max_abs_diff"],
+        "nodes": metrics["nodes"],
         "checkpoint": metrics["checkpoint"],
         "export": store.uri(run, "pretrain", "export"),
         "tokenizer": store.uri(run, "tokenizer"),

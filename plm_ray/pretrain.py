@@ -204,7 +204,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             state["epoch"] += 1
             state["batches_in_epoch"] = 0
 
-    final = {**last, "step": state["step"], **evaluate(engine), "wall_seconds": time.time() - started}
+    final = {
+        **last,
+        "step": state["step"],
+        **evaluate(engine),
+        "wall_seconds": time.time() - started,
+        "nodes": world // ctx.get_local_world_size(),
+    }
     state["history"].append({"step": state["step"], **{k: v for k, v in final.items() if k.startswith("eval_")}})
     final["export_max_abs_diff"] = _export(engine, model, tokenizer, evaluate, workdir / "export", rank, precision)
     if rank == 0:
@@ -294,7 +300,10 @@ def run_pretraining(cfg: Config, store: Store, run: str, train_blocks: Any, eval
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "run": run, "total_steps": steps, "eval_blocks": eval_blocks},
         scaling_config=ScalingConfig(
-            num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker={"CPU": p.cpus_per_worker}
+            num_workers=p.num_workers,
+            use_gpu=p.use_gpu,
+            resources_per_worker={"CPU": p.cpus_per_worker},
+            placement_strategy=p.placement_strategy,
         ),
         torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo", timeout_s=p.comm_timeout_s),
         run_config=RunConfig(

@@ -12,6 +12,11 @@ import ray
 from plm_ray.config import Config, load_config
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Credentials for the loopback S3 server only (tests never reach a real endpoint). Set before the
+# session's Ray cluster starts, so its workers read them from the environment as a user's would.
+os.environ.update(
+    AWS_ACCESS_KEY_ID="plm-test-key", AWS_SECRET_ACCESS_KEY="plm-test-secret-key", AWS_DEFAULT_REGION="us-east-1"
+)
 
 # Small enough for a 2-core CI machine, but every stage runs for real.
 SMALL = [
@@ -36,5 +41,6 @@ def ray_cluster() -> Iterator[None]:
     ray.shutdown()
 
 
-def small_config(store: Path, run: str, *extra: str) -> Config:
-    return load_config(None, [*SMALL, f"store.root={store}", f"run.name={run}", *extra])
+def small_config(store: Path | None, run: str, *extra: str) -> Config:
+    root = [f"store.root={store}"] if store else []
+    return load_config(None, [*SMALL, *root, f"run.name={run}", *extra])

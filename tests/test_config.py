@@ -51,3 +51,12 @@ def test_cli_reports_config_errors_with_exit_2(tmp_path: Path, capsys):
     missing = tmp_path / "nope.yaml"
     assert main(["run", "--config", str(missing)]) == 2
     assert f"config file not found: {missing}" in capsys.readouterr().err
+
+
+def test_shipped_configs_load():
+    configs = Path(__file__).resolve().parent.parent / "pipelines" / "configs"
+    loaded = {p.name: load_config(p) for p in sorted(configs.glob("*.yaml"))}
+    assert {"wiki_sst2.yaml", "gpu_bert_base.yaml", "gpu_sweep.yaml"} <= set(loaded)
+    gpu = loaded["gpu_bert_base.yaml"].pretrain
+    assert gpu.use_gpu and gpu.num_workers == 8 and gpu.precision == "auto" and gpu.zero_stage == 2
+    assert loaded["gpu_sweep.yaml"].sweep.gpus_per_trial == 0.5
