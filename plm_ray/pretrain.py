@@ -209,7 +209,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         "step": state["step"],
         **evaluate(engine),
         "wall_seconds": time.time() - started,
-        "nodes": world // ctx.get_local_world_size(),
+        "nodes": _node_count(world),
     }
     state["history"].append({"step": state["step"], **{k: v for k, v in final.items() if k.startswith("eval_")}})
     final["export_max_abs_diff"] = _export(engine, model, tokenizer, evaluate, workdir / "export", rank, precision)
@@ -248,6 +248,13 @@ def _export(
     if diff > EXPORT_TOLERANCE[precision]:
         raise RuntimeError(f"exported model disagrees with the live engine: |loss diff| = {diff:.2e}")
     return diff
+
+
+def _node_count(world: int) -> int:
+    """Distinct Ray nodes the workers ran on (node IDs, not IPs: nodes may share an address)."""
+    ids: list[str | None] = [None] * world
+    dist.all_gather_object(ids, ray.get_runtime_context().get_node_id())
+    return len(set(ids))
 
 
 def _tensorboard(workdir: Path) -> Any:

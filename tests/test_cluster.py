@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -54,11 +56,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
+def _ray(*args: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
-def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     gcs, dash = _port(), _port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
+    # As a user's client must: token auth stays on; the token is read from ~/.ray/auth_token.
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token"}
     procs = [
         _start(
             [
@@ -75,18 +81,11 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         )
     ]
     try:
-        from ray.job_submission import JobSubmissionClient
-
         address = f"http://127.0.0.1:{dash}"
         deadline = time.time() + 120
-        while True:
-            try:
-                JobSubmissionClient(address).list_jobs()
-                break
-            except Exception:
-                if time.time() > deadline:
-                    raise
-                time.sleep(2)
+        while _ray("job", "list", "--address", address, env=env).returncode != 0:
+            assert time.time() < deadline, "the Ray job server did not come up"
+            time.sleep(2)
         procs.append(
             _start(
                 [
@@ -98,38 +97,49 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
                 env,
             )
         )
-        yield {"dashboard": address, "gcs": f"127.0.0.1:{gcs}", "store": str(tmp_path_factory.mktemp("cluster-store"))}
+        yield {"dashboard": address, "env": env, "store": str(tmp_path_factory.mktemp("cluster-store"))}
     finally:
         for proc in reversed(procs):
             _stop(proc)
 
 
-def _submit(head: dict[str, str], script: str, *sets: str) -> tuple[str, str]:
-    from ray.job_submission import JobStatus, JobSubmissionClient
+def _submit(head: dict[str, Any], script: str, *sets: str) -> tuple[int, str, str]:
+    """`ray job submit` as the README gives it; returns (exit code, job id, job logs)."""
+    args = [x for s in sets for x in ("--set", s)]
+    cmd = [
+        "job",
+        "submit",
+        "--address",
+        head["dashboard"],
+        "--working-dir",
+        str(REPO),
+        "--runtime-env-json",
+        json.dumps({"excludes": EXCLUDES}),
+        "--",
+        sys.executable,
+        f"pipelines/{script}.py",
+        *args,
+    ]
+    for _ in range(30):  # the head's job agent comes up a little after its job server
+        done = _ray(*cmd, env=head["env"], timeout=900)
+        if "No available agent" not in done.stdout + done.stderr:
+            break
+        time.sleep(2)
+    found = re.search(r"Job '(raysubmit_\w+)' submitted", done.stdout + done.stderr)
+    assert found, done.stdout[-2000:] + done.stderr[-2000:]
+    logs = _ray("job", "logs", "--address", head["dashboard"], found.group(1), env=head["env"]).stdout
+    return done.returncode, found.group(1), logs
 
-    os.environ["RAY_AUTH_MODE"] = "token"  # the client reads the token from ~/.ray/auth_token
-    client = JobSubmissionClient(head["dashboard"])
-    args = " ".join(f"--set '{s}'" for s in sets)
-    job = client.submit_job(
-        entrypoint=f"{sys.executable} pipelines/{script}.py {args}",
-        runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES},
-    )
-    deadline = time.time() + 600
-    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.time() < deadline, f"job {job} still {status}"
-        time.sleep(3)
-    return str(status), client.get_job_logs(job)
 
-
-def test_jobs_pretrain_then_sweep_spread_over_two_nodes(head: dict[str, str]):
+def test_jobs_pretrain_then_sweep_spread_over_two_nodes(head: dict[str, Any]):
     common = [*SMALL, f"store.root={head['store']}", "run.name=job"]
-    status, logs = _submit(head, "pretrain", *common, "pretrain.placement_strategy=STRICT_SPREAD")
-    assert status == "SUCCEEDED", logs[-3000:]
+    code, _, logs = _submit(head, "pretrain", *common, "pretrain.placement_strategy=STRICT_SPREAD")
+    assert code == 0, logs[-3000:]
     assert "[pretrain] step 6/6" in logs
     result = json.loads((Path(head["store"]) / "job" / "pretrain" / "result.json").read_text())
     assert result["nodes"] == 2, "the two workers must run on different nodes"
-    status, logs = _submit(head, "sweep", *common)
-    assert status == "SUCCEEDED", logs[-3000:]
+    code, _, logs = _submit(head, "sweep", *common)
+    assert code == 0, logs[-3000:]
     run = Path(head["store"]) / "job"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["pretrain"]["steps"] == 6 and len(summary["sweep"]["trials"]) == 2
@@ -137,17 +147,18 @@ def test_jobs_pretrain_then_sweep_spread_over_two_nodes(head: dict[str, str]):
     assert list((run / "pretrain").glob("checkpoint_*/state/zero_pp_rank_1_*"))
 
 
-def test_failing_job_ends_failed_with_the_error_in_its_logs(head: dict[str, str]):
-    status, logs = _submit(head, "pretrain", f"store.root={head['store']}", "pretrain.bogus=1")
-    assert status == "FAILED"
+def test_failing_job_ends_failed_with_the_error_in_its_logs(head: dict[str, Any]):
+    code, job, logs = _submit(head, "pretrain", f"store.root={head['store']}", "pretrain.bogus=1")
+    status = _ray("job", "status", "--address", head["dashboard"], job, env=head["env"])
+    assert code != 0 and f"Job '{job}' failed" in status.stdout + status.stderr, status.stderr
     assert "plm-ray: error: unknown config key 'pretrain.bogus'" in logs
 
 
 def test_cluster_yaml_passes_rays_schema_and_has_gpu_workers():
-    from ray.autoscaler._private.util import validate_config
+    from ray.autoscaler._private.util import prepare_config, validate_config
 
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    validate_config(config)
+    validate_config(prepare_config(config))  # what `ray up` does before launching anything
     workers = {k: v for k, v in config["available_node_types"].items() if k != config["head_node_type"]}
     assert workers and all(v["resources"].get("GPU", 0) >= 1 for v in workers.values())
     assert config["docker"]["image"].startswith("rayproject/ray:2.60.0")
