@@ -26,15 +26,16 @@ from plm_ray.pretrain import check_resources, run_pretraining
 from plm_ray.store import Store
 from plm_ray.sweep import run_sweep
 
-EMBEDDED = {"corpus": "corpus.txt", "train": "train.tsv", "dev": "dev.tsv"}
+EMBEDDED = {"corpus": "corpus", "train": "train.tsv", "dev": "dev.tsv"}
 
 
 def ensure_ray() -> None:
-    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local one. Ray's
-    local dashboard binds 127.0.0.1 only; Train's state API needs it."""
+    """Join the cluster in RAY_ADDRESS (set by `ray job submit`; `auto` finds one started with
+    `ray start`), else start a local one. Not guessing avoids hanging on a stale address that a
+    stopped `ray start` leaves behind. The local dashboard binds 127.0.0.1; Train's state API needs it."""
     if ray.is_initialized():
         return
-    ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING")
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
@@ -61,14 +62,9 @@ def start_run(cfg: Config, stages: list[str], resume: bool, overwrite: bool) -> 
 def embedded_inputs(store: Store, run: str, seed: int) -> dict[str, str]:
     """Write the embedded corpus and task into the run (once), so workers on any node read them
     through the store like any other input."""
-    texts = {
-        "corpus": embedded.corpus_text(seed),
-        "train": embedded.task_tsv("train", seed),
-        "dev": embedded.task_tsv("dev", seed),
-    }
-    for key, name in EMBEDDED.items():
+    for name, text in embedded.files(seed).items():
         if not store.exists(run, "data", "embedded", name):
-            store.write_bytes(texts[key].encode(), run, "data", "embedded", name)
+            store.write_bytes(text.encode(), run, "data", "embedded", name)
     return {key: store.uri(run, "data", "embedded", name) for key, name in EMBEDDED.items()}
 
 

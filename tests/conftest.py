@@ -35,7 +35,7 @@ SMALL = [
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()

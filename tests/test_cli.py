@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,10 @@ pytestmark = pytest.mark.slow
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # RAY_ADDRESS=local: a fresh cluster of its own, even while another test's cluster runs
+    env = {**os.environ, "RAY_ADDRESS": "local"}
     return subprocess.run(
-        [sys.executable, "-m", "plm_ray", *args], cwd=cwd, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "plm_ray", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
     )
 
 

@@ -138,6 +138,20 @@ def test_jobs_pretrain_then_sweep_spread_over_two_nodes(head: dict[str, Any]):
     assert "[pretrain] step 6/6" in logs
     result = json.loads((Path(head["store"]) / "job" / "pretrain" / "result.json").read_text())
     assert result["nodes"] == 2, "the two workers must run on different nodes"
+    listed = _ray(
+        "list",
+        "tasks",
+        "--address",
+        head["dashboard"],
+        "--format",
+        "json",
+        "--detail",
+        "--limit",
+        "10000",
+        env=head["env"],
+    )
+    tokenize_nodes = {t["node_id"] for t in json.loads(listed.stdout) if "tokenize_batch" in t["name"]}
+    assert len(tokenize_nodes) == 2, "Ray Data tokenization should run as tasks on both nodes"
     code, _, logs = _submit(head, "sweep", *common)
     assert code == 0, logs[-3000:]
     run = Path(head["store"]) / "job"

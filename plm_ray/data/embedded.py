@@ -142,3 +142,12 @@ def corpus_text(seed: int = 0) -> str:
 def task_tsv(split: str, seed: int = 0) -> str:
     n = 1200 if split == "train" else 400
     return "sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in task_rows(n, split, seed))
+
+
+def files(seed: int = 0, shards: int = 4) -> dict[str, str]:
+    """Relative path -> text. The corpus comes in shards so Ray Data tokenizes it in parallel tasks
+    (one file is one read task), as it would a real sharded corpus."""
+    lines = corpus_lines(seed=seed)
+    out = {f"corpus/part-{i}.txt": "\n".join(lines[i::shards]) + "\n" for i in range(shards)}
+    out.update({"train.tsv": task_tsv("train", seed), "dev.tsv": task_tsv("dev", seed)})
+    return out

@@ -1,0 +1,39 @@
+"""Model presets and the sparse MLM head for both architectures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from plm_ray.config import ConfigError, ModelSection
+from plm_ray.model import PRESETS, SparseMLM, build_mlm, check_positions
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_sparse_head_equals_dense_loss_at_full_block_length(arch: str):
+    model = build_mlm(ModelSection(arch=arch, preset="tiny", dropout=0.0), n_tokens=1000, block_size=48, pad_id=0)
+    assert model.config.vocab_size % 64 == 0 and model.config.vocab_size >= 1000
+    ids = torch.randint(5, 1000, (3, 48))
+    mask = torch.rand(ids.shape) < 0.2
+    out = SparseMLM(model)(input_ids=ids, mlm_mask=mask, labels=ids[mask])
+    dense = model(input_ids=ids).logits
+    assert torch.allclose(out["loss"], F.cross_entropy(dense[mask], ids[mask]), atol=1e-5)
+    assert out["count"] == mask.sum()
+
+
+def test_presets_and_overrides():
+    assert {"tiny", "mini", "small", "base"} <= set(PRESETS)
+    model = build_mlm(ModelSection(preset="mini", num_layers=1, hidden_size=64, num_heads=2), 500, 32, 0)
+    assert (model.config.num_hidden_layers, model.config.hidden_size) == (1, 64)
+
+
+def test_block_longer_than_checkpoint_positions(tmp_path: Path):
+    build_mlm(ModelSection(preset="tiny"), 500, 32, 0).save_pretrained(tmp_path)
+    check_positions(tmp_path, 32)
+    with pytest.raises(ConfigError, match="data.block_size = 64 is larger than the 32 positions"):
+        check_positions(tmp_path, 64)
+    with pytest.raises(ConfigError, match="is larger than the model's 32 positions"):
+        build_mlm(ModelSection(preset="tiny"), 500, 64, 0, init_dir=tmp_path)
