@@ -120,7 +120,7 @@ def _submit(head: dict[str, Any], script: str, *sets: str) -> tuple[int, str, st
         f"pipelines/{script}.py",
         *args,
     ]
-    for _ in range(30):  # the head's job agent comes up a little after its job server
+    for _ in range(60):  # the head's job agent comes up a little after its job server
         done = _ray(*cmd, env=head["env"], timeout=900)
         if "No available agent" not in done.stdout + done.stderr:
             break
@@ -133,8 +133,10 @@ def _submit(head: dict[str, Any], script: str, *sets: str) -> tuple[int, str, st
 
 def test_jobs_pretrain_then_sweep_spread_over_two_nodes(head: dict[str, Any]):
     common = [*SMALL, f"store.root={head['store']}", "run.name=job"]
-    code, _, logs = _submit(head, "pretrain", *common, "pretrain.placement_strategy=STRICT_SPREAD")
+    code, job, logs = _submit(head, "pretrain", *common, "pretrain.placement_strategy=STRICT_SPREAD")
     assert code == 0, logs[-3000:]
+    status = _ray("job", "status", "--address", head["dashboard"], job, env=head["env"])
+    assert f"Job '{job}' succeeded" in status.stdout + status.stderr, status.stderr
     assert "[pretrain] step 6/6" in logs
     result = json.loads((Path(head["store"]) / "job" / "pretrain" / "result.json").read_text())
     assert result["nodes"] == 2, "the two workers must run on different nodes"
@@ -157,6 +159,7 @@ def test_jobs_pretrain_then_sweep_spread_over_two_nodes(head: dict[str, Any]):
     run = Path(head["store"]) / "job"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["pretrain"]["steps"] == 6 and len(summary["sweep"]["trials"]) == 2
+    assert (run / "pretrain" / "export" / "model.safetensors").is_file()
     assert (run / "sweep" / "results.csv").is_file() and (run / "sweep" / "best_model" / "config.json").is_file()
     assert list((run / "pretrain").glob("checkpoint_*/state/zero_pp_rank_1_*"))
 
