@@ -117,7 +117,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 f"batch {state['batches_in_epoch']}), lr {engine.learning_rate:.3e}",
             )
     elif rank == 0:
-        n_params = sum(t.numel() for t in model.parameters())
+        n_params = sum(getattr(t, "ds_numel", t.numel()) for t in model.parameters())  # ZeRO-3 shards params
         log.info(
             f"[pretrain] {world} worker(s), ZeRO-{p.zero_stage}, {precision}, {n_params / 1e6:.1f}M parameters, "
             f"{total_steps} steps",

@@ -80,9 +80,9 @@ def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(model_dir or store.download_dir(workdir / "tokenizer", run, "tokenizer"))
     random_like = None
     if model_dir is None:
-        from transformers import AutoConfig
-
-        random_like = AutoConfig.from_pretrained(str(fetch_dir(setup["random_like"], store, workdir / "shape")))
+        random_like = transformers.AutoConfig.from_pretrained(
+            str(fetch_dir(setup["random_like"], store, workdir / "shape"))
+        )
     id2label = {int(k): v for k, v in setup["id2label"].items()}
     model = build_classifier(model_dir, len(id2label), id2label, random_like)
 
