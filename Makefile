@@ -19,6 +19,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[bench]"
+	touch $@
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
@@ -26,10 +30,15 @@ run: install
 	$(VENV)/bin/plm-ray run $(ARGS)
 
 lint: install-test
-	$(PY) -m ruff check plm_ray pipelines tests
+	$(PY) -m ruff check plm_ray pipelines tests benchmarks
 
 test: lint
 	$(PY) -m pytest -q -ra tests
+
+# Side-by-side benchmarks (tens of minutes); CORPUS defaults to ../shared/data/corpus
+CORPUS ?= ../shared/data/corpus
+bench: $(VENV)/.installed-bench
+	$(PY) -m benchmarks --corpus $(CORPUS)
 
 clean:
 	rm -rf plm_store bench-results.json .pytest_cache

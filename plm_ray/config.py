@@ -101,6 +101,7 @@ class PretrainSection:
     keep_checkpoints: int = 2
     max_failures: int = 0
     comm_timeout_s: int = 600  # collectives that hang longer raise instead of waiting forever
+    compile: bool = False  # torch.compile the model through DeepSpeed (see BENCHMARKS.md before enabling)
 
 
 @dataclass

@@ -43,6 +43,7 @@ def deepspeed_config(
     total_steps: int,
     schedule: str,
     grad_clip: float,
+    hidden_size: int,
 ) -> dict[str, Any]:
     warmup = min(warmup_steps, max(total_steps - 1, 0))
     scheduler = (
@@ -67,7 +68,16 @@ def deepspeed_config(
             },
         }
     )
-    zero: dict[str, Any] = {"stage": zero_stage, "contiguous_gradients": True}
+    # Buckets sized to the model, as the Hugging Face integration's "auto" does: DeepSpeed's defaults
+    # (5e8-element reduce bucket) allocate 2 GB buffers that dwarf a small model's own state.
+    zero: dict[str, Any] = {
+        "stage": zero_stage,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": hidden_size * hidden_size,
+    }
+    if zero_stage == 3:
+        zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden_size * hidden_size)
+        zero["stage3_param_persistence_threshold"] = 10 * hidden_size
     if offload and zero_stage > 0:
         zero["offload_optimizer"] = {"device": "cpu"}
     return {
@@ -128,11 +138,13 @@ def ensure_process_group(use_gpu: bool) -> None:
 class Engine:
     """A DeepSpeed engine plus the few operations the training loops need."""
 
-    def __init__(self, module: torch.nn.Module, config: dict[str, Any], weight_decay: float):
+    def __init__(self, module: torch.nn.Module, config: dict[str, Any], weight_decay: float, compile: bool = False):
         self.zero_stage = config["zero_optimization"]["stage"]
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, model_parameters=param_groups(module, weight_decay), config=config
         )
+        if compile:
+            self.engine.compile()
 
     @property
     def device(self) -> torch.device:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import ray
 import yaml
 
@@ -122,6 +123,8 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         "tokens": metrics["tokens"],
         "tokens_per_second": metrics["tokens_per_second"],
         "wall_seconds": metrics["wall_seconds"],
+        # from the command's start (this process) to the first optimizer step
+        "startup_seconds": metrics["first_step_unix"] - psutil.Process().create_time(),
         "final_loss": metrics["loss"],
         "eval_loss": metrics["eval_loss"],
         "eval_perplexity": metrics["eval_perplexity"],
@@ -198,7 +201,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         p = summary["pretrain"]
         lines.append(
             f"pretrain: {p['steps']} steps, {p['tokens']:,} tokens, {p['tokens_per_second']:,.0f} tok/s, "
-            f"final loss {p['final_loss']:.3f}, eval loss {p['eval_loss']:.3f}, export {p['export']}"
+            f"final loss {p['final_loss']:.3f}, eval loss {p['eval_loss']:.3f}, "
+            f"start-up {p.get('startup_seconds', float('nan')):.0f}s, export {p['export']}"
         )
     if "sweep" in summary:
         s = summary["sweep"]

@@ -80,6 +80,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     run, total_steps = loop_config["run"], loop_config["total_steps"]
     p = cfg.pretrain
     store = Store(cfg.store)
+    if not p.use_gpu:  # one intra-op thread per reserved CPU, whatever the worker's environment says
+        torch.set_num_threads(p.cpus_per_worker)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     workdir = Path(tempfile.mkdtemp(prefix=f"plm-pretrain-{rank}-"))
@@ -102,8 +104,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             total_steps=total_steps,
             schedule=p.schedule,
             grad_clip=p.grad_clip,
+            hidden_size=model.config.hidden_size,
         ),
         p.weight_decay,
+        compile=p.compile,
     )
 
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "tokens": 0, "history": []}
@@ -153,6 +157,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     loss_sum, micro_steps, started, start_step = torch.zeros((), device=device), 0, time.time(), state["step"]
     last: dict[str, float] = {}
+    first_step_unix = 0.0  # wall clock of this attempt's first optimizer step: start-up cost
     while state["step"] < total_steps:
         batches = shard.iter_torch_batches(
             batch_size=p.batch_size,
@@ -172,12 +177,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if engine.global_steps == state["step"]:
                 continue  # inside a gradient-accumulation window
             state["step"] = step = engine.global_steps
+            first_step_unix = first_step_unix or time.time()
             if step % p.log_every_steps == 0 or step == total_steps:
                 last = {
                     "step": step,
                     "loss": (loss_sum / micro_steps).item(),
                     "lr": engine.learning_rate,
                     "tokens": state["tokens"],
+                    "elapsed_seconds": time.time() - started,
                 }
                 loss_sum.zero_()
                 micro_steps = 0
@@ -209,6 +216,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         "step": state["step"],
         **evaluate(engine),
         "wall_seconds": time.time() - started,
+        "first_step_unix": first_step_unix,
         "nodes": _node_count(world),
     }
     state["history"].append({"step": state["step"], **{k: v for k, v in final.items() if k.startswith("eval_")}})

@@ -109,6 +109,7 @@ def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
             total_steps=steps,
             schedule="linear",
             grad_clip=1.0,
+            hidden_size=model.config.hidden_size,
         ),
         s.weight_decay,
     )

@@ -120,7 +120,7 @@ def read_corpus(cfg: DataSection, store: Store, location: str | None = None) -> 
         kind, paths = detect_format(paths, cfg.format, location)
         if kind == "text":
             ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True).map_batches(
-                _split_documents, fn_kwargs={"blank_line": cfg.documents == "blank_line"}, batch_size=4
+                _split_documents, fn_kwargs={"blank_line": cfg.documents == "blank_line"}, batch_size=1
             )
         else:
             ds = _read_tabular(kind, paths, fs)

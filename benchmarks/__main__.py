@@ -1,0 +1,163 @@
+"""`python -m benchmarks [--corpus DIR]` (or `make bench`): every benchmark side by side in one run,
+tables on stdout, the headline ratios in bench-results.json. See BENCHMARKS.md for a recorded run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import psutil
+import ray
+import torch
+import transformers
+
+from benchmarks.common import BATCH, MASK_RATE, ROOT, SEQ, matmul_peak_flops, run_python, table, useful_flops_per_token
+from benchmarks.data import run_data
+from benchmarks.train import plm_ray_pretrain, run_scaling, run_training
+from plm_ray.model import PRESETS, padded_vocab
+
+GIB = 2**30
+
+
+def startup(store: Path, shard: Path) -> dict[str, float]:
+    """Benchmark 5: command start to first optimizer step. Cold: an empty torch extension cache
+    (DeepSpeed JIT-builds its ops there) and a new run; warm: the same command again."""
+    tokenizer = f"tokenizer.path={store / 'bench-train' / 'tokenizer'}"
+    seconds = {}
+    with tempfile.TemporaryDirectory() as extensions:
+        os.environ["TORCH_EXTENSIONS_DIR"] = extensions
+        for kind in ("cold", "warm"):
+            result = plm_ray_pretrain(
+                store, str(shard), f"bench-start-{kind}", 1, 2, [tokenizer, "pretrain.max_steps=2"]
+            )
+            seconds[kind] = result["startup_seconds"]
+        del os.environ["TORCH_EXTENSIONS_DIR"]
+    return seconds
+
+
+def memory(vocab: int) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        run_python(["-m", "benchmarks.memory", str(vocab), out.name])
+        return json.loads(Path(out.name).read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data" / "corpus")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
+    args = parser.parse_args()
+    shard = args.corpus / "enwiki_00.txt"
+    if not shard.is_file():
+        raise SystemExit(f"corpus shard not found: {shard} (pass --corpus DIR with enwiki_*.txt)")
+    os.environ["PYTHONPATH"] = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"  # Ray workers import benchmarks
+    threads = min(2, os.cpu_count() or 1)
+    began = time.time()
+    print(
+        f"# plm-ray benchmarks\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{psutil.virtual_memory().total / GIB:.0f} GiB; torch {torch.__version__}, ray {ray.__version__}, "
+        f"deepspeed {deepspeed.__version__}, transformers {transformers.__version__}",
+        flush=True,
+    )
+    peak = matmul_peak_flops(threads)
+    with tempfile.TemporaryDirectory(prefix="plm-bench-") as tmp:
+        store = Path(tmp)
+        train = run_training(store, shard, threads)
+        layers, hidden, _, inter = PRESETS["mini"]
+        flops = useful_flops_per_token(layers, hidden, inter, train["vocab"], SEQ, MASK_RATE * (SEQ - 1) / SEQ)
+        names = {
+            "a": "(a) plm-ray pretrain: Ray Train + DeepSpeed ZeRO-2, 1 worker",
+            "b": "(b) HF Trainer + DataCollatorForLanguageModeling",
+            "c": "(c) plain PyTorch loop, HF collator, dense MLM head",
+            "d": "(d) plain PyTorch loop, plm-ray masking + sparse head",
+        }
+        print(
+            table(
+                f"1. Training step: BERT {layers}L/{hidden}H, vocab {train['vocab']:,} (plm-ray pads it to "
+                f"{padded_vocab(train['vocab']):,}), {BATCH}x{SEQ}, fp32, "
+                f"{threads} threads; useful {flops / 1e6:.1f} MFLOP/token, matmul peak {peak / 1e9:.0f} GFLOP/s",
+                ["recipe", "tokens/s", "useful GFLOP/s", "of peak", "vs (b)"],
+                [
+                    [
+                        names[k],
+                        train[k],
+                        train[k] * flops / 1e9,
+                        f"{train[k] * flops / peak:.1%}",
+                        train[k] / train["b"],
+                    ]
+                    for k in "abcd"
+                ],
+            ),
+            flush=True,
+        )
+        cpu = train["a_result"]["cpu_seconds"]
+        print(
+            table(
+                f"1a. Where (a)'s CPU time goes: the whole command, {train['a_result']['command_seconds']:.0f} s wall",
+                ["process", "CPU seconds", "share"],
+                [[name, sec, f"{sec / sum(cpu.values()):.1%}"] for name, sec in list(cpu.items())[:8]],
+            ),
+            flush=True,
+        )
+        start = startup(store, shard)
+        print(
+            table("5. Start-up: command to first optimizer step", ["", "seconds"], [[k, v] for k, v in start.items()])
+        )
+        scaling = run_scaling(store, shard)
+        print(
+            table(
+                "3. Scaling: ZeRO-2, 1 CPU and batch 32 per worker",
+                ["workers", "tokens/s", "efficiency"],
+                [[1, scaling["1"], "-"], [2, scaling["2"], f"{scaling['efficiency']:.1%}"]],
+            ),
+            flush=True,
+        )
+        zero = memory(padded_vocab(train["vocab"]))
+        print(
+            table(
+                "4. Memory per rank at 2 ranks",
+                ["ZeRO stage", "model+optimizer state MiB", "vs ZeRO-0", "peak RSS MiB"],
+                [
+                    [s, z["state_bytes"] / 2**20, z["state_bytes"] / zero["0"]["state_bytes"], z["peak_rss"] / 2**20]
+                    for s, z in zero.items()
+                ],
+            ),
+            flush=True,
+        )
+        data = run_data(args.corpus, store / "bench-train" / "tokenizer")
+    print(
+        table(
+            "2. Tokenize + pack into 128-token blocks (median of 2 runs; peak PSS of the process tree)",
+            ["recipe", "shards", "tokens", "tokens/s", "peak PSS MiB"],
+            [
+                [k.rsplit("_", 1)[0], d["shards"], d["tokens"], d["tokens_per_second"], d["peak_pss"] / 2**20]
+                for k, d in data.items()
+            ],
+        )
+    )
+    results = {
+        "train_vs_hf_trainer": train["a"] / train["b"],
+        "train_peak_fraction": train["a"] * flops / peak,
+        "data_vs_datasets_map": data["ray_all"]["tokens_per_second"] / data["datasets_all"]["tokens_per_second"],
+        "data_rss_16_over_1": data["ray_all"]["peak_pss"] / data["ray_1"]["peak_pss"],
+        "scaling_efficiency_2w": scaling["efficiency"],
+        "zero3_over_zero0_state": zero["3"]["state_bytes"] / zero["0"]["state_bytes"],
+        "warm_start_seconds": start["warm"],
+        "cold_start_seconds": start["cold"],
+        "train_tokens_per_second": {k: train[k] for k in "abcd"},
+        "matmul_peak_gflops": peak / 1e9,
+        "useful_mflop_per_token": flops / 1e6,
+        "bench_seconds": time.time() - began,
+    }
+    args.out.write_text(json.dumps(results, indent=2))
+    print("\n" + json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

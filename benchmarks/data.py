@@ -1,0 +1,105 @@
+"""Benchmark 2: tokenize + pack the Wikipedia shards into 128-token blocks.
+
+plm-ray's Ray Data path (parallel tokenize tasks, one packing actor, materialized as pre-training
+does) against the run_mlm.py recipe: `datasets.load_dataset("text")`, `Dataset.map(batched=True,
+num_proc=2)` to tokenize, then `group_texts`. Each side runs in its own process; the parent records
+that process tree's peak memory (PSS), for 1 shard and for all 16.
+
+Run as a child: python -m benchmarks.data ray|datasets TOKENIZER_DIR FILE..."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import SEQ, median, run_python
+
+REPEATS = 2
+
+
+def ray_data(tokenizer_dir: str, files: list[str]) -> int:
+    from plm_ray.config import DataSection, StoreSection
+    from plm_ray.data.corpus import read_corpus
+    from plm_ray.data.packing import packed_blocks
+    from plm_ray.data.tokenizer import load_tokenizer
+    from plm_ray.pipeline import ensure_ray
+    from plm_ray.store import Store
+
+    ensure_ray()
+    tokenizer = load_tokenizer(tokenizer_dir)
+    started = time.perf_counter()
+    corpus = read_corpus(DataSection(), Store(StoreSection()), files[0] if len(files) == 1 else _glob(files))
+    blocks = packed_blocks(
+        corpus,
+        tokenizer.backend_tokenizer.to_str(),
+        tokenizer.sep_token_id,
+        tokenizer.cls_token_id,
+        "train",
+        0.0,
+        SEQ,
+        2048,
+    ).materialize()
+    return _report(blocks.count() * SEQ, started)
+
+
+def _glob(files: list[str]) -> str:
+    return str(Path(files[0]).parent / "enwiki_*.txt")
+
+
+def hf_datasets(tokenizer_dir: str, files: list[str]) -> int:
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cache:
+        raw = load_dataset("text", data_files=files, split="train", cache_dir=cache)
+
+        def tokenize(examples: dict[str, list]) -> Any:  # run_mlm.py, line_by_line=False
+            return tokenizer(examples["text"], return_special_tokens_mask=True)
+
+        def group_texts(examples: dict[str, list]) -> dict[str, list]:  # run_mlm.py's group_texts
+            concatenated = {k: sum(examples[k], []) for k in examples}
+            total = len(concatenated["input_ids"]) // SEQ * SEQ
+            return {k: [t[i : i + SEQ] for i in range(0, total, SEQ)] for k, t in concatenated.items()}
+
+        tokens = raw.map(tokenize, batched=True, num_proc=2, remove_columns=["text"])
+        blocks = tokens.map(group_texts, batched=True, num_proc=2)
+        return _report(len(blocks) * SEQ, started)
+
+
+def _report(tokens: int, started: float) -> int:
+    print(json.dumps({"tokens": tokens, "seconds": time.perf_counter() - started}))
+    return 0
+
+
+def run_data(corpus_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
+    shards = sorted(str(p) for p in corpus_dir.glob("enwiki_*.txt"))
+    if len(shards) < 2:
+        raise SystemExit(f"benchmark 2 needs the Wikipedia shards enwiki_*.txt in {corpus_dir}")
+    rows: dict[str, Any] = {}
+    for tool in ("ray", "datasets"):
+        for name, files in (("1", shards[:1]), ("all", shards)):
+            runs = []
+            for _ in range(REPEATS):
+                out, _, monitor = run_python(
+                    ["-m", "benchmarks.data", tool, str(tokenizer_dir), *files], measure_memory=True
+                )
+                measured = json.loads(next(x for x in reversed(out.splitlines()) if x.startswith('{"tokens"')))
+                runs.append({**measured, "rate": measured["tokens"] / measured["seconds"], "peak_pss": monitor.peak})
+            rows[f"{tool}_{name}"] = {
+                "shards": len(files),
+                "tokens": runs[0]["tokens"],
+                "tokens_per_second": median([r["rate"] for r in runs]),
+                "peak_pss": max(r["peak_pss"] for r in runs),
+            }
+    return rows
+
+
+if __name__ == "__main__":
+    tool, tokenizer_dir, *paths = sys.argv[1:]
+    sys.exit((ray_data if tool == "ray" else hf_datasets)(tokenizer_dir, paths))

@@ -1,0 +1,99 @@
+"""Benchmark 4: per-rank memory of ZeRO stages 0-3 at 2 ranks (Ray Train + plm-ray's engine).
+
+Each rank builds the benchmark BERT, takes three optimizer steps, then counts the bytes of every
+live tensor storage in its process (parameters or their ZeRO partitions, gradients, optimizer
+state, DeepSpeed's flat buffers; shared storages once) and reads its peak RSS.
+
+Run as a child: python -m benchmarks.memory VOCAB OUT_JSON"""
+
+from __future__ import annotations
+
+import gc
+import json
+import resource
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from benchmarks.common import BATCH, MASK_RATE, SEQ
+from benchmarks.train import bert
+from plm_ray.engine import Engine, deepspeed_config
+from plm_ray.model import PRESETS, SparseMLM
+
+STAGES = (0, 1, 2, 3)
+
+
+def live_tensor_bytes() -> int:
+    gc.collect()
+    storages: dict[int, int] = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor):
+            tensors = [obj, getattr(obj, "ds_tensor", None)]  # ZeRO-3 keeps the partition beside .data
+            for t in tensors:
+                if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                    storage = t.untyped_storage()
+                    storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def measure_rank(config: dict[str, Any]) -> None:
+    torch.set_num_threads(1)
+    rank = ray.train.get_context().get_world_rank()
+    baseline = live_tensor_bytes()
+    engine = Engine(
+        SparseMLM(bert(config["vocab"])),
+        deepspeed_config(
+            micro_batch=BATCH,
+            grad_accum=1,
+            zero_stage=config["stage"],
+            offload=False,
+            precision="fp32",
+            learning_rate=1e-4,
+            weight_decay=0.01,
+            warmup_steps=1,
+            total_steps=100,
+            schedule="linear",
+            grad_clip=1.0,
+            hidden_size=PRESETS["mini"][1],
+        ),
+        0.01,
+    )
+    generator = torch.Generator().manual_seed(rank)
+    ds = engine.engine
+    for _ in range(3):
+        ids = torch.randint(5, config["vocab"], (BATCH, SEQ), generator=generator)
+        selected = torch.rand(ids.shape, generator=generator) < MASK_RATE
+        ds.backward(ds(input_ids=ids, mlm_mask=selected, labels=ids[selected])["loss"])
+        # counted between backward and step, when gradients and optimizer state are both alive
+        state_bytes = live_tensor_bytes() - baseline
+        ds.step()
+    result = {"state_bytes": state_bytes, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    Path(config["out"], f"stage{config['stage']}-rank{rank}.json").write_text(json.dumps(result))
+
+
+def main(vocab: int, out_json: str) -> None:
+    ray.init(address="local", num_cpus=2, logging_level="WARNING")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for stage in STAGES:
+            TorchTrainer(
+                measure_rank,
+                train_loop_config={"vocab": vocab, "stage": stage, "out": tmp},
+                scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+                torch_config=TorchConfig(backend="gloo"),
+                run_config=RunConfig(name=f"zero{stage}", storage_path=tmp),
+            ).fit()
+            ranks = [json.loads(Path(tmp, f"stage{stage}-rank{r}.json").read_text()) for r in (0, 1)]
+            results[str(stage)] = {key: max(r[key] for r in ranks) for key in ranks[0]}
+    Path(out_json).write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2])

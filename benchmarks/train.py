@@ -1,0 +1,174 @@
+"""Benchmarks 1 (training step) and 3 (scaling).
+
+1. The same BERT (4 layers / 256 hidden, vocab 30,522, 32 x 128 fp32) trained by
+   (a) plm-ray's own pre-training command: Ray Train + DeepSpeed, one worker with both CPUs,
+   (b) Hugging Face `Trainer` + `DataCollatorForLanguageModeling` (the run_mlm.py recipe),
+   (c) a plain PyTorch loop with the same collator and the model's dense MLM head,
+   (d) a plain PyTorch loop with plm-ray's masking and sparse head, to show the engine's own cost.
+3. plm-ray pre-training with 1 worker vs 2 workers (ZeRO-2), one CPU each.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    DataCollatorForLanguageModeling,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from benchmarks.common import BATCH, MASK_RATE, MODEL_SETS, SEQ, median, plm_ray, steady_tokens_per_second
+from plm_ray.config import MaskingSection
+from plm_ray.data.masking import MaskingTables, mask_tokens
+from plm_ray.data.tokenizer import load_tokenizer
+from plm_ray.model import PRESETS, SparseMLM, padded_vocab
+
+WARMUP_STEPS, TIMED_STEPS = 3, 8
+
+
+def plm_ray_pretrain(store: Path, corpus: str, run: str, workers: int, cpus: int, extra: list[str]) -> dict[str, Any]:
+    return plm_ray(
+        "pretrain",
+        store,
+        [
+            *MODEL_SETS,
+            f"run.name={run}",
+            f"data.corpus={corpus}",
+            f"pretrain.num_workers={workers}",
+            f"pretrain.cpus_per_worker={cpus}",
+            "pretrain.zero_stage=2",
+            "pretrain.max_steps=40",
+            "pretrain.log_every_steps=5",
+            "pretrain.warmup_steps=5",
+            *extra,
+        ],
+    )
+
+
+def bert(vocab: int) -> BertForMaskedLM:
+    layers, hidden, heads, inter = PRESETS["mini"]
+    config = BertConfig(
+        vocab_size=vocab,
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        max_position_embeddings=SEQ,
+        type_vocab_size=1,
+    )
+    torch.manual_seed(0)
+    return BertForMaskedLM(config)
+
+
+def blocks_for(tokenizer: Any, corpus_file: Path, n: int) -> np.ndarray:
+    """`n` packed [CLS] ... blocks of SEQ tokens from the start of one corpus shard."""
+    ids: list[int] = []
+    with corpus_file.open(encoding="utf-8") as f:
+        for line in f:
+            ids += tokenizer(line.strip(), add_special_tokens=False)["input_ids"] + [tokenizer.sep_token_id]
+            if len(ids) >= n * (SEQ - 1):
+                break
+    body = np.asarray(ids[: n * (SEQ - 1)], dtype=np.int64).reshape(n, SEQ - 1)
+    return np.concatenate([np.full((n, 1), tokenizer.cls_token_id), body], axis=1)
+
+
+class StepTimes(TrainerCallback):
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.ends.append(time.perf_counter())
+
+
+def hf_trainer(tokenizer: Any, blocks: np.ndarray, threads: int) -> float:
+    """Tokens/s of `Trainer` + `DataCollatorForLanguageModeling`: median of step-to-step intervals,
+    so the collator and data loading sit inside each interval as they do in run_mlm.py."""
+    torch.set_num_threads(threads)
+    rows = [{"input_ids": b.tolist()} for b in blocks]
+    timer = StepTimes()
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=BATCH,
+            max_steps=WARMUP_STEPS + TIMED_STEPS + 1,
+            learning_rate=1e-4,
+            warmup_steps=2,
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            dataloader_num_workers=0,
+        )
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=MASK_RATE)
+        trainer = Trainer(
+            model=bert(len(tokenizer)),  # run_mlm.py sizes the embeddings to the tokenizer
+            args=args,
+            train_dataset=rows,
+            data_collator=collator,
+            callbacks=[timer],
+        )
+        trainer.train()
+    intervals = np.diff(timer.ends)[WARMUP_STEPS:]
+    return BATCH * SEQ / median(list(intervals))
+
+
+def plain_loop(tokenizer: Any, blocks: np.ndarray, threads: int, sparse: bool) -> float:
+    """A hand-written loop: AdamW, clipping, and either the HF collator + dense head or plm-ray's
+    masking + sparse head. Tokens/s is the median per-step time, data preparation included. The
+    dense loop keeps the tokenizer's vocabulary as run_mlm.py does; the sparse one pads it to a
+    multiple of 64 as plm-ray does."""
+    torch.set_num_threads(threads)
+    model = bert(padded_vocab(len(tokenizer)) if sparse else len(tokenizer))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tables = MaskingTables.from_tokenizer(tokenizer)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=MASK_RATE)
+    sparse_model = SparseMLM(model)
+    times = []
+    for i in range(WARMUP_STEPS + TIMED_STEPS):
+        start = time.perf_counter()
+        chunk = torch.from_numpy(blocks[(i * BATCH) % len(blocks) :][:BATCH])
+        if sparse:
+            loss = sparse_model(**mask_tokens(chunk, tables, MaskingSection(probability=MASK_RATE)))["loss"]
+        else:
+            batch = collator([{"input_ids": row} for row in chunk.tolist()])
+            loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return BATCH * SEQ / median(times[WARMUP_STEPS:])
+
+
+def run_training(store: Path, shard: Path, threads: int) -> dict[str, Any]:
+    """Benchmark 1. (a) also trains the 30,522-token WordPiece the other recipes then load."""
+    a = plm_ray_pretrain(store, str(shard), "bench-train", 1, threads, [])
+    tokenizer = load_tokenizer(str(store / "bench-train" / "tokenizer"))
+    blocks = blocks_for(tokenizer, shard, BATCH * (WARMUP_STEPS + TIMED_STEPS + 2))
+    return {
+        "a": steady_tokens_per_second(a["history"], skip_steps=10),
+        "b": hf_trainer(tokenizer, blocks, threads),
+        "c": plain_loop(tokenizer, blocks, threads, sparse=False),
+        "d": plain_loop(tokenizer, blocks, threads, sparse=True),
+        "vocab": len(tokenizer),
+        "a_result": a,
+    }
+
+
+def run_scaling(store: Path, shard: Path) -> dict[str, float]:
+    """Benchmark 3: weak scaling, each worker one CPU and batch 32 (global batch doubles)."""
+    tokenizer = f"tokenizer.path={store / 'bench-train' / 'tokenizer'}"
+    rates = {}
+    for workers in (1, 2):
+        result = plm_ray_pretrain(store, str(shard), f"bench-scale-{workers}", workers, 1, [tokenizer])
+        rates[workers] = steady_tokens_per_second(result["history"], skip_steps=10)
+    return {"1": rates[1], "2": rates[2], "efficiency": rates[2] / (2 * rates[1])}
