@@ -20,7 +20,7 @@ import transformers
 
 from benchmarks.common import BATCH, MASK_RATE, ROOT, SEQ, matmul_peak_flops, run_python, table, useful_flops_per_token
 from benchmarks.data import run_data
-from benchmarks.train import plm_ray_pretrain, run_scaling, run_training
+from benchmarks.train import plm_ray_pretrain, run_scaling, run_training, tokenizer_set
 from plm_ray.model import PRESETS, padded_vocab
 
 GIB = 2**30
@@ -29,22 +29,21 @@ GIB = 2**30
 def startup(store: Path, shard: Path) -> dict[str, float]:
     """Benchmark 5: command start to first optimizer step. Cold: an empty torch extension cache
     (DeepSpeed JIT-builds its ops there) and a new run; warm: the same command again."""
-    tokenizer = f"tokenizer.path={store / 'bench-train' / 'tokenizer'}"
     seconds = {}
     with tempfile.TemporaryDirectory() as extensions:
         os.environ["TORCH_EXTENSIONS_DIR"] = extensions
         for kind in ("cold", "warm"):
             result = plm_ray_pretrain(
-                store, str(shard), f"bench-start-{kind}", 1, 2, [tokenizer, "pretrain.max_steps=2"]
+                store, str(shard), f"bench-start-{kind}", 1, 2, [tokenizer_set(store), "pretrain.max_steps=2"]
             )
             seconds[kind] = result["startup_seconds"]
         del os.environ["TORCH_EXTENSIONS_DIR"]
     return seconds
 
 
-def memory(vocab: int) -> dict[str, Any]:
+def memory(n_tokens: int) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        run_python(["-m", "benchmarks.memory", str(vocab), out.name])
+        run_python(["-m", "benchmarks.memory", str(n_tokens), out.name])
         return json.loads(Path(out.name).read_text())
 
 
@@ -118,7 +117,7 @@ def main() -> None:
             ),
             flush=True,
         )
-        zero = memory(padded_vocab(train["vocab"]))
+        zero = memory(train["vocab"])
         print(
             table(
                 "4. Memory per rank at 2 ranks",

@@ -5,7 +5,7 @@ does) against the run_mlm.py recipe: `datasets.load_dataset("text")`, `Dataset.m
 num_proc=2)` to tokenize, then `group_texts`. Each side runs in its own process; the parent records
 that process tree's peak memory (PSS), for 1 shard and for all 16.
 
-Run as a child: python -m benchmarks.data ray|datasets TOKENIZER_DIR FILE..."""
+Run as a child: python -m benchmarks.data ray|datasets TOKENIZER_DIR FILE_OR_GLOB"""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from benchmarks.common import SEQ, median, run_python
 REPEATS = 2
 
 
-def ray_data(tokenizer_dir: str, files: list[str]) -> int:
+def ray_data(tokenizer_dir: str, location: str) -> int:
     from plm_ray.config import DataSection, StoreSection
     from plm_ray.data.corpus import read_corpus
     from plm_ray.data.packing import packed_blocks
@@ -32,7 +32,7 @@ def ray_data(tokenizer_dir: str, files: list[str]) -> int:
     ensure_ray()
     tokenizer = load_tokenizer(tokenizer_dir)
     started = time.perf_counter()
-    corpus = read_corpus(DataSection(), Store(StoreSection()), files[0] if len(files) == 1 else _glob(files))
+    corpus = read_corpus(DataSection(), Store(StoreSection()), location)
     blocks = packed_blocks(
         corpus,
         tokenizer.backend_tokenizer.to_str(),
@@ -46,18 +46,14 @@ def ray_data(tokenizer_dir: str, files: list[str]) -> int:
     return _report(blocks.count() * SEQ, started)
 
 
-def _glob(files: list[str]) -> str:
-    return str(Path(files[0]).parent / "enwiki_*.txt")
-
-
-def hf_datasets(tokenizer_dir: str, files: list[str]) -> int:
+def hf_datasets(tokenizer_dir: str, location: str) -> int:
     from datasets import load_dataset
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:
-        raw = load_dataset("text", data_files=files, split="train", cache_dir=cache)
+        raw = load_dataset("text", data_files=location, split="train", cache_dir=cache)
 
         def tokenize(examples: dict[str, list]) -> Any:  # run_mlm.py, line_by_line=False
             return tokenizer(examples["text"], return_special_tokens_mask=True)
@@ -83,16 +79,16 @@ def run_data(corpus_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
         raise SystemExit(f"benchmark 2 needs the Wikipedia shards enwiki_*.txt in {corpus_dir}")
     rows: dict[str, Any] = {}
     for tool in ("ray", "datasets"):
-        for name, files in (("1", shards[:1]), ("all", shards)):
+        for name, location, count in (("1", shards[0], 1), ("all", str(corpus_dir / "enwiki_*.txt"), len(shards))):
             runs = []
             for _ in range(REPEATS):
                 out, _, monitor = run_python(
-                    ["-m", "benchmarks.data", tool, str(tokenizer_dir), *files], measure_memory=True
+                    ["-m", "benchmarks.data", tool, str(tokenizer_dir), location], measure_memory=True
                 )
                 measured = json.loads(next(x for x in reversed(out.splitlines()) if x.startswith('{"tokens"')))
                 runs.append({**measured, "rate": measured["tokens"] / measured["seconds"], "peak_pss": monitor.peak})
             rows[f"{tool}_{name}"] = {
-                "shards": len(files),
+                "shards": count,
                 "tokens": runs[0]["tokens"],
                 "tokens_per_second": median([r["rate"] for r in runs]),
                 "peak_pss": max(r["peak_pss"] for r in runs),
@@ -101,5 +97,5 @@ def run_data(corpus_dir: Path, tokenizer_dir: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    tool, tokenizer_dir, *paths = sys.argv[1:]
-    sys.exit((ray_data if tool == "ray" else hf_datasets)(tokenizer_dir, paths))
+    tool, tokenizer_dir, location = sys.argv[1:]
+    sys.exit((ray_data if tool == "ray" else hf_datasets)(tokenizer_dir, location))

@@ -4,7 +4,7 @@ Each rank builds the benchmark BERT, takes three optimizer steps, then counts th
 live tensor storage in its process (parameters or their ZeRO partitions, gradients, optimizer
 state, DeepSpeed's flat buffers; shared storages once) and reads its peak RSS.
 
-Run as a child: python -m benchmarks.memory VOCAB OUT_JSON"""
+Run as a child: python -m benchmarks.memory TOKENIZER_SIZE OUT_JSON"""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def measure_rank(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     baseline = live_tensor_bytes()
     engine = Engine(
-        SparseMLM(bert(config["vocab"])),
+        SparseMLM(bert(config["n_tokens"], pad_vocab=True)),
         deepspeed_config(
             micro_batch=BATCH,
             grad_accum=1,
@@ -68,7 +68,7 @@ def measure_rank(config: dict[str, Any]) -> None:
     generator = torch.Generator().manual_seed(rank)
     ds = engine.engine
     for _ in range(3):
-        ids = torch.randint(5, config["vocab"], (BATCH, SEQ), generator=generator)
+        ids = torch.randint(5, config["n_tokens"], (BATCH, SEQ), generator=generator)
         selected = torch.rand(ids.shape, generator=generator) < MASK_RATE
         ds.backward(ds(input_ids=ids, mlm_mask=selected, labels=ids[selected])["loss"])
         # counted between backward and step, when gradients and optimizer state are both alive
@@ -78,14 +78,14 @@ def measure_rank(config: dict[str, Any]) -> None:
     Path(config["out"], f"stage{config['stage']}-rank{rank}.json").write_text(json.dumps(result))
 
 
-def main(vocab: int, out_json: str) -> None:
+def main(n_tokens: int, out_json: str) -> None:
     ray.init(address="local", num_cpus=2, logging_level="WARNING")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for stage in STAGES:
             TorchTrainer(
                 measure_rank,
-                train_loop_config={"vocab": vocab, "stage": stage, "out": tmp},
+                train_loop_config={"n_tokens": n_tokens, "stage": stage, "out": tmp},
                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
                 torch_config=TorchConfig(backend="gloo"),
                 run_config=RunConfig(name=f"zero{stage}", storage_path=tmp),

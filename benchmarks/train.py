@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import (
-    BertConfig,
     BertForMaskedLM,
     DataCollatorForLanguageModeling,
     Trainer,
@@ -27,10 +26,10 @@ from transformers import (
 )
 
 from benchmarks.common import BATCH, MASK_RATE, MODEL_SETS, SEQ, median, plm_ray, steady_tokens_per_second
-from plm_ray.config import MaskingSection
+from plm_ray.config import MaskingSection, ModelSection
 from plm_ray.data.masking import MaskingTables, mask_tokens
 from plm_ray.data.tokenizer import load_tokenizer
-from plm_ray.model import PRESETS, SparseMLM, padded_vocab
+from plm_ray.model import SparseMLM, build_config, padded_vocab
 
 WARMUP_STEPS, TIMED_STEPS = 3, 8
 
@@ -54,19 +53,18 @@ def plm_ray_pretrain(store: Path, corpus: str, run: str, workers: int, cpus: int
     )
 
 
-def bert(vocab: int) -> BertForMaskedLM:
-    layers, hidden, heads, inter = PRESETS["mini"]
-    config = BertConfig(
-        vocab_size=vocab,
-        num_hidden_layers=layers,
-        hidden_size=hidden,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        max_position_embeddings=SEQ,
-        type_vocab_size=1,
-    )
+def bert(n_tokens: int, pad_vocab: bool) -> BertForMaskedLM:
+    """The benchmark model from plm-ray's own preset code, so every recipe trains the same shape.
+    run_mlm.py sizes the embeddings to the tokenizer; plm-ray pads them to a multiple of 64."""
+    config = build_config(ModelSection(preset="mini"), n_tokens, SEQ, pad_id=0)
+    config.vocab_size = padded_vocab(n_tokens) if pad_vocab else n_tokens
     torch.manual_seed(0)
     return BertForMaskedLM(config)
+
+
+def tokenizer_set(store: Path) -> str:
+    """Later runs load the WordPiece that benchmark 1's run trained, instead of training it again."""
+    return f"tokenizer.path={store / 'bench-train' / 'tokenizer'}"
 
 
 def blocks_for(tokenizer: Any, corpus_file: Path, n: int) -> np.ndarray:
@@ -110,7 +108,7 @@ def hf_trainer(tokenizer: Any, blocks: np.ndarray, threads: int) -> float:
         )
         collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=MASK_RATE)
         trainer = Trainer(
-            model=bert(len(tokenizer)),  # run_mlm.py sizes the embeddings to the tokenizer
+            model=bert(len(tokenizer), pad_vocab=False),
             args=args,
             train_dataset=rows,
             data_collator=collator,
@@ -123,11 +121,9 @@ def hf_trainer(tokenizer: Any, blocks: np.ndarray, threads: int) -> float:
 
 def plain_loop(tokenizer: Any, blocks: np.ndarray, threads: int, sparse: bool) -> float:
     """A hand-written loop: AdamW, clipping, and either the HF collator + dense head or plm-ray's
-    masking + sparse head. Tokens/s is the median per-step time, data preparation included. The
-    dense loop keeps the tokenizer's vocabulary as run_mlm.py does; the sparse one pads it to a
-    multiple of 64 as plm-ray does."""
+    masking + sparse head. Tokens/s is the median per-step time, data preparation included."""
     torch.set_num_threads(threads)
-    model = bert(padded_vocab(len(tokenizer)) if sparse else len(tokenizer))
+    model = bert(len(tokenizer), pad_vocab=sparse)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tables = MaskingTables.from_tokenizer(tokenizer)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=MASK_RATE)
@@ -166,9 +162,8 @@ def run_training(store: Path, shard: Path, threads: int) -> dict[str, Any]:
 
 def run_scaling(store: Path, shard: Path) -> dict[str, float]:
     """Benchmark 3: weak scaling, each worker one CPU and batch 32 (global batch doubles)."""
-    tokenizer = f"tokenizer.path={store / 'bench-train' / 'tokenizer'}"
     rates = {}
     for workers in (1, 2):
-        result = plm_ray_pretrain(store, str(shard), f"bench-scale-{workers}", workers, 1, [tokenizer])
+        result = plm_ray_pretrain(store, str(shard), f"bench-scale-{workers}", workers, 1, [tokenizer_set(store)])
         rates[workers] = steady_tokens_per_second(result["history"], skip_steps=10)
     return {"1": rates[1], "2": rates[2], "efficiency": rates[2] / (2 * rates[1])}

@@ -179,16 +179,17 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             state["step"] = step = engine.global_steps
             first_step_unix = first_step_unix or time.time()
             if step % p.log_every_steps == 0 or step == total_steps:
+                elapsed = time.time() - started
                 last = {
                     "step": step,
                     "loss": (loss_sum / micro_steps).item(),
                     "lr": engine.learning_rate,
                     "tokens": state["tokens"],
-                    "elapsed_seconds": time.time() - started,
+                    "elapsed_seconds": elapsed,
                 }
                 loss_sum.zero_()
                 micro_steps = 0
-                rate = (step - start_step) / (time.time() - started)
+                rate = (step - start_step) / elapsed
                 tokens_per_second = rate * p.batch_size * p.grad_accum * cfg.data.block_size * world
                 last["tokens_per_second"] = tokens_per_second
                 record(
