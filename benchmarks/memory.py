@@ -62,6 +62,7 @@ def measure_rank(config: dict[str, Any]) -> None:
             schedule="linear",
             grad_clip=1.0,
             hidden_size=PRESETS["mini"][1],
+            use_gpu=False,
         ),
         0.01,
     )

@@ -1,4 +1,4 @@
-"""`plm-ray run | pretrain | sweep | store ls` (also `python -m plm_ray` and `pipelines/*.py`)."""
+"""`plm-ray run | pretrain | sweep | report | store ls` (also `python -m plm_ray` and `pipelines/*.py`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from plm_ray.config import Config, ConfigError, StoreSection, load_config
+
+if TYPE_CHECKING:
+    from plm_ray.store import Store
 
 COMMANDS = {"run": ["pretrain", "sweep"], "pretrain": ["pretrain"], "sweep": ["sweep"]}
 
@@ -35,17 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
         ("sweep", "Ray Tune fine-tuning sweep"),
     ):
         _add_config_args(sub.add_parser(name, help=help_text))
+    report = sub.add_parser("report", help="write a run's report: trial tables and accuracy / loss plots")
+    report.add_argument("run", help="run name")
+    _add_store_args(report, "--root")
     store = sub.add_parser("store", help="inspect the checkpoint store")
     store_sub = store.add_subparsers(dest="store_command", required=True)
     ls = store_sub.add_parser("ls", help="list runs and their completed stages")
-    ls.add_argument("root", nargs="?", default=StoreSection.root, help="store root (path or URI)")
-    ls.add_argument("--endpoint", default="", help="S3-compatible endpoint override")
-    ls.add_argument("--region", default="")
+    _add_store_args(ls, "root")
     return parser
+
+
+def _add_store_args(parser: argparse.ArgumentParser, root: str) -> None:
+    kwargs = {"nargs": "?"} if not root.startswith("-") else {}
+    parser.add_argument(root, default=StoreSection.root, help="store root (path or URI)", **kwargs)
+    parser.add_argument("--endpoint", default="", help="S3-compatible endpoint override")
+    parser.add_argument("--region", default="")
 
 
 def execute(command: str, cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     from plm_ray import pipeline
+    from plm_ray.report import write_report
 
     store, run = pipeline.start_run(cfg, COMMANDS[command], resume, overwrite)
     if "pretrain" in COMMANDS[command]:
@@ -54,13 +67,31 @@ def execute(command: str, cfg: Config, resume: bool = False, overwrite: bool = F
         pipeline.sweep(cfg, store, run)
     summary = pipeline.write_summary(cfg, store, run)
     print(pipeline.format_summary(summary), flush=True)
+    print(f"[plm-ray] report: {write_report(store, run)}", flush=True)
     return summary
 
 
-def store_ls(root: str, endpoint: str, region: str) -> None:
+def _store(root: str, endpoint: str, region: str) -> Store:
     from plm_ray.store import Store
 
     store = Store(StoreSection(root=root, endpoint=endpoint, region=region))
+    store.check_access()
+    return store
+
+
+def report(run: str, root: str, endpoint: str, region: str) -> None:
+    from plm_ray.report import write_report
+
+    store = _store(root, endpoint, region)
+    if not store.exists(run):
+        raise ConfigError(f"no run {run!r} in {store.uri()}")
+    location = write_report(store, run)
+    print(store.fs.open_input_stream(store.path(run, "report", "report.md")).read().decode())
+    print(f"[plm-ray] report: {location}")
+
+
+def store_ls(root: str, endpoint: str, region: str) -> None:
+    store = _store(root, endpoint, region)
     runs = store.list_dir()
     if not runs:
         print(f"no runs in {store.uri()}")
@@ -76,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "store":
             store_ls(args.root, args.endpoint, args.region)
+            return 0
+        if args.command == "report":
+            report(args.run, args.root, args.endpoint, args.region)
             return 0
         if args.resume and args.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")

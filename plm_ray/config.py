@@ -125,6 +125,7 @@ class SweepSection:
     batch_sizes: list[int] = field(default_factory=lambda: [32])
     epochs: int = 3
     max_length: int = 128
+    dropout: float = -1.0  # < 0: the checkpoint's own (pre-training often runs without; fine-tuning wants ~0.1)
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     zero_stage: int = 0
@@ -299,3 +300,4 @@ def validate(cfg: Config) -> None:
     )
     _check(s.max_concurrent_trials >= 1, "sweep.max_concurrent_trials", s.max_concurrent_trials, "must be >= 1")
     _check(0 < s.validation_fraction < 1, "sweep.validation_fraction", s.validation_fraction, "must be in (0, 1)")
+    _check(s.dropout < 1, "sweep.dropout", s.dropout, "must be below 1 (negative: the checkpoint's own)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
 from pathlib import Path
 from typing import Any
@@ -13,21 +14,38 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
+from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
+from deepspeed.utils.tensor_fragment import fragment_address
 from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
 
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 / AMX): there bf16 runs ~2.5x the fp32 rate; elsewhere it is emulated."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def resolve_precision(requested: str, use_gpu: bool) -> str:
-    """bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPU; an explicit choice wins but
-    bf16/fp16 on CPU is refused (DeepSpeed's CPU path trains in fp32)."""
-    if requested != "auto":
-        if requested != "fp32" and not use_gpu:
-            raise ValueError(f"precision {requested} needs a GPU; use fp32 or auto on CPU")
-        return requested
-    if not use_gpu:
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    """`auto`: bf16 where the GPU or CPU has it, fp16 on older GPUs, else fp32. An explicit choice wins,
+    but what the hardware cannot do is refused rather than emulated slowly."""
+    if requested == "auto":
+        if use_gpu:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_bf16() else "fp32"
+    if not use_gpu and requested == "fp16":
+        raise ValueError("precision fp16 needs a GPU; use bf16, fp32 or auto on CPU")
+    if not use_gpu and requested == "bf16" and not cpu_has_bf16():
+        raise ValueError("precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); use fp32 or auto")
+    return requested
+
+
+def autocast_dtype(precision: str, use_gpu: bool) -> torch.dtype | None:
+    """On CPU, bf16 means torch autocast over fp32 weights (DeepSpeed's `torch_autocast`): matmuls run
+    in bf16, master weights, gradients and optimizer state stay fp32. GPUs use DeepSpeed's bf16 mode."""
+    return torch.bfloat16 if precision == "bf16" and not use_gpu else None
 
 
 def deepspeed_config(
@@ -44,6 +62,7 @@ def deepspeed_config(
     schedule: str,
     grad_clip: float,
     hidden_size: int,
+    use_gpu: bool,
 ) -> dict[str, Any]:
     warmup = min(warmup_steps, max(total_steps - 1, 0))
     scheduler = (
@@ -97,8 +116,9 @@ def deepspeed_config(
         },
         "scheduler": scheduler,
         "zero_optimization": zero,
-        "bf16": {"enabled": precision == "bf16"},
+        "bf16": {"enabled": precision == "bf16" and use_gpu},
         "fp16": {"enabled": precision == "fp16", "loss_scale": 0},
+        "torch_autocast": {"enabled": autocast_dtype(precision, use_gpu) is not None, "dtype": "bfloat16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -135,16 +155,38 @@ def ensure_process_group(use_gpu: bool) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False, verbose=False)
 
 
+# The only non-tensor types DeepSpeed's own checkpoints hold (ZeRO 0-3, fp32/bf16/fp16).
+DEEPSPEED_CHECKPOINT_TYPES = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+class SafeCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's loader with `torch.load(weights_only=True)`: a checkpoint can hold tensors,
+    containers and the DeepSpeed types above, nothing that runs code when unpickled."""
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        try:
+            with torch.serialization.safe_globals(DEEPSPEED_CHECKPOINT_TYPES):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(f"refusing to unpickle {path}: {str(exc).splitlines()[0]}") from exc
+
+
 class Engine:
     """A DeepSpeed engine plus the few operations the training loops need."""
 
     def __init__(self, module: torch.nn.Module, config: dict[str, Any], weight_decay: float, compile: bool = False):
         self.zero_stage = config["zero_optimization"]["stage"]
+        self.autocast = config["torch_autocast"]["enabled"]
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, model_parameters=param_groups(module, weight_decay), config=config
         )
+        self.engine.checkpoint_engine = SafeCheckpointEngine(self.engine._config)
         if compile:
             self.engine.compile()
+
+    def autocast_context(self) -> torch.autocast:
+        """The autocast the engine's forward runs under, for running other modules the same way."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
     @property
     def device(self) -> torch.device:
@@ -172,14 +214,15 @@ class Engine:
         return self.engine(**batch)
 
     def save(self, directory: str | Path, client_state: dict[str, Any]) -> None:
-        """This rank's shard (and, on rank 0, the module states) into `directory/state/`."""
-        self.engine.save_checkpoint(str(directory), tag="state", client_state=client_state)
+        """This rank's shard (and, on rank 0, the module states) into `directory/state/`. The loop's own
+        state travels under one key: DeepSpeed hands back its own metadata beside it on load."""
+        self.engine.save_checkpoint(str(directory), tag="state", client_state={"plm_ray": client_state})
 
     def load(self, directory: str | Path) -> dict[str, Any]:
         path, client_state = self.engine.load_checkpoint(str(directory), tag="state")
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed state in {directory}")
-        return client_state
+        return client_state["plm_ray"]
 
     def export(self, model: PreTrainedModel, out_dir: str | Path, write: bool) -> None:
         """Consolidated Hugging Face export (safetensors). Under ZeRO-3 every rank must enter the

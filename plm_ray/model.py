@@ -103,15 +103,26 @@ def build_mlm(
 
 
 def build_classifier(
-    location: Path | None, num_labels: int, id2label: dict[int, str], random_like: PretrainedConfig | None = None
+    location: Path | None,
+    num_labels: int,
+    id2label: dict[int, str],
+    random_like: PretrainedConfig | None = None,
+    dropout: float = -1.0,
 ) -> PreTrainedModel:
-    """From a pre-trained checkpoint, or (location None) a random init with `random_like`'s shape."""
-    labels = {"num_labels": num_labels, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    """From a pre-trained checkpoint, or (location None) a random init with `random_like`'s shape;
+    `dropout` >= 0 replaces the checkpoint's hidden and attention dropout."""
+    overrides: dict[str, object] = {
+        "num_labels": num_labels,
+        "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()},
+    }
+    if dropout >= 0:
+        overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     if location is None:
         assert random_like is not None
-        config = type(random_like).from_dict({**random_like.to_dict(), **labels})
+        config = type(random_like).from_dict({**random_like.to_dict(), **overrides})
         return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
-    return _load(AutoModelForSequenceClassification, location, **labels)
+    return _load(AutoModelForSequenceClassification, location, **overrides)
 
 
 def _mlm_head(model: PreTrainedModel) -> torch.nn.Module:

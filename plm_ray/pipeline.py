@@ -1,7 +1,11 @@
 """The pipeline: run names and stage markers, the embedded inputs, pretrain -> sweep -> summary.
 
 Each stage writes `<run>/<stage>/result.json` last, so its presence means the stage completed;
-`summary.json` is written after the stages a command ran, so a reader never sees a half-run."""
+`summary.json` is written after the stages a command ran, so a reader never sees a half-run.
+Every input is checked before anything of a run is deleted or written (`preflight`), so a typo in
+a command never costs the run it names. A stage that did not complete continues where it stopped
+when the same run is started again: pre-training from its newest complete checkpoint, a sweep
+through `Tuner.restore`."""
 
 from __future__ import annotations
 
@@ -16,48 +20,79 @@ import psutil
 import ray
 import yaml
 
+from plm_ray import checkpoints
 from plm_ray.config import Config, ConfigError
 from plm_ray.data import embedded
 from plm_ray.data.corpus import read_corpus
-from plm_ray.data.labeled import prepare_labeled
+from plm_ray.data.labeled import prepare_labeled, read_labeled
 from plm_ray.data.packing import packed_blocks
 from plm_ray.data.tokenizer import load_tokenizer, prepare_tokenizer
 from plm_ray.model import build_config, check_positions
 from plm_ray.pretrain import check_resources, run_pretraining
 from plm_ray.store import Store
-from plm_ray.sweep import run_sweep
+from plm_ray.sweep import check_trial_resources, run_sweep
 
 EMBEDDED = {"corpus": "corpus", "train": "train.tsv", "dev": "dev.tsv"}
 
 
 def ensure_ray() -> None:
     """Join the cluster in RAY_ADDRESS (set by `ray job submit`; `auto` finds one started with
-    `ray start`), else start a local one. Not guessing avoids hanging on a stale address that a
-    stopped `ray start` leaves behind. The local dashboard binds 127.0.0.1; Train's state API needs it."""
-    if ray.is_initialized():
-        return
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    `ray start`), else start a local one whose dashboard and job server listen on 127.0.0.1 only.
+    Not guessing avoids hanging on a stale address that a stopped `ray start` leaves behind."""
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        local = {"dashboard_host": "127.0.0.1"} if address == "local" else {}
+        ray.init(address=address, logging_level="WARNING", **local)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    # Tokenize + pack in corpus order: a restarted run must cut the very same blocks.
+    context.execution_options.preserve_order = True
 
 
 def start_run(cfg: Config, stages: list[str], resume: bool, overwrite: bool) -> tuple[Store, str]:
-    """Pick the run name and refuse to silently overwrite a completed stage."""
+    """Pick the run name, refuse to silently overwrite a completed stage, check every input, and
+    only then replace what --overwrite replaces: the whole run for pre-training, else the sweep."""
     store = Store(cfg.store)
+    store.check_access()
     cfg.store.root = store.root_uri  # workers and trials run in other directories
     run = cfg.run.name or time.strftime("run-%Y%m%d-%H%M%S")
     cfg.run.name = run
-    if overwrite:
-        store.delete(run)
     folders = [cfg.sweep.name if s == "sweep" else s for s in stages]
     done = [f for f in folders if store.exists(run, f, "result.json")]
-    if done and not resume:
+    if done and not (resume or overwrite):
         raise ConfigError(
             f"run {run!r} already completed {', '.join(done)} in {store.uri(run)}; "
             "pass --resume to continue it or --overwrite to replace it"
         )
+    preflight(cfg, store, run, stages, overwrite)
+    if overwrite:
+        store.delete(run) if "pretrain" in stages else store.delete(run, cfg.sweep.name)
     store.write_bytes(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode(), run, "config.yaml")
     print(f"[plm-ray] run {run} in {store.uri(run)}", flush=True)
     return store, run
+
+
+def preflight(cfg: Config, store: Store, run: str, stages: list[str], overwrite: bool) -> None:
+    """Every check that needs no training, for each stage that will run, before anything is deleted
+    or written."""
+    ensure_ray()
+    if "pretrain" in stages and (overwrite or not store.exists(run, "pretrain", "result.json")):
+        check_resources(cfg)
+        if cfg.model.init_from and "://" not in cfg.model.init_from:
+            check_positions(cfg.model.init_from, cfg.data.block_size)
+        if cfg.data.corpus != "embedded":
+            read_corpus(cfg.data, store)
+        latest = None if overwrite else checkpoints.latest_complete(store, run)
+        if latest:
+            saved = checkpoints.read_state(store, run, latest)
+            checkpoints.check_compatible(saved["config"], cfg.to_dict(), store.uri(run, "pretrain", latest))
+            print(f"[plm-ray] pretrain of {run} continues from {latest} (step {saved['step']})", flush=True)
+    if "sweep" in stages and (overwrite or not store.exists(run, cfg.sweep.name, "result.json")):
+        check_trial_resources(cfg)
+        if cfg.sweep.model not in ("", "random"):
+            _checkpoint_location(cfg.sweep.model, store)
+        if cfg.sweep.task != "embedded":
+            read_labeled(cfg.sweep, store, cfg.sweep.task, cfg.sweep.validation)
 
 
 def embedded_inputs(store: Store, run: str, seed: int) -> dict[str, str]:
@@ -84,10 +119,7 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         print(f"[plm-ray] pretrain already complete for {run}; reusing it", flush=True)
         return store.read_json(run, "pretrain", "result.json")
     ensure_ray()
-    check_resources(cfg)
     d = cfg.data
-    if cfg.model.init_from and "://" not in cfg.model.init_from:  # fail before any data work
-        check_positions(cfg.model.init_from, d.block_size)
     location = embedded_inputs(store, run, cfg.run.seed)["corpus"] if d.corpus == "embedded" else d.corpus
     corpus = read_corpus(d, store, location)
     tokenizer = run_tokenizer(cfg, store, run, corpus)
@@ -139,6 +171,18 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
     return result
 
 
+def _checkpoint_location(location: str, store: Store, hint: str = "") -> str:
+    """A checkpoint to fine-tune, checked: a Hugging Face hub name passes through (resolved online
+    by from_pretrained), a path or URI must hold a config.json."""
+    if "://" not in location and not location.startswith(("/", ".", "~")) and not Path(location).exists():
+        return location
+    if not store.exists_at(location):
+        raise ConfigError(f"checkpoint path not found: {location}{hint}")
+    if not store.exists_at(f"{location.rstrip('/')}/config.json"):
+        raise ConfigError(f"not a plm-ray/Hugging Face checkpoint (no config.json): {location}")
+    return location if "://" in location else str(Path(location).expanduser().resolve())
+
+
 def _model_to_finetune(cfg: Config, store: Store, run: str) -> tuple[str, str]:
     """(checkpoint to fine-tune or "" for random init, directory holding the random-init shape)."""
     s = cfg.sweep
@@ -149,15 +193,10 @@ def _model_to_finetune(cfg: Config, store: Store, run: str) -> tuple[str, str]:
             shape.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             return "", store.upload_dir(tmp, run, s.name, "random_init")
-    location = s.model or store.uri(run, "pretrain", "export")
-    if "://" not in location and not location.startswith(("/", ".", "~")) and not Path(location).exists():
-        return location, ""  # a Hugging Face hub name; from_pretrained resolves it (online only)
-    if not store.exists_at(location):
-        hint = "; run pretrain first or set sweep.model" if not s.model else ""
-        raise ConfigError(f"checkpoint path not found: {location}{hint}")
-    if not store.exists_at(f"{location.rstrip('/')}/config.json"):
-        raise ConfigError(f"not a plm-ray/Hugging Face checkpoint (no config.json): {location}")
-    return location if "://" in location else str(Path(location).expanduser().resolve()), ""
+    if s.model:
+        return _checkpoint_location(s.model, store), ""
+    export = store.uri(run, "pretrain", "export")
+    return _checkpoint_location(export, store, "; run pretrain first or set sweep.model"), ""
 
 
 def sweep(cfg: Config, store: Store, run: str) -> dict[str, Any]:

@@ -1,6 +1,10 @@
 """Stage 6, pre-training: Ray Train `TorchTrainer` workers, each driving a DeepSpeed ZeRO engine on
 packed blocks streamed from Ray Data. The per-worker loop reads top to bottom:
-restore -> for each micro-batch: mask, step -> log / evaluate / checkpoint -> export."""
+restore -> for each micro-batch: seed, mask, step -> log / evaluate / checkpoint -> export.
+
+A resumed run repeats an uninterrupted one exactly: each rank's slice of the data comes in a fixed
+order (Ray Data `preserve_order`), the masks and dropout of micro-batch k are drawn from a seed that
+depends only on (run seed, rank, k), and optimizer and LR-schedule state come from the checkpoint."""
 
 from __future__ import annotations
 
@@ -18,9 +22,11 @@ import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data import ExecutionOptions
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from plm_ray import checkpoints
 from plm_ray.config import Config, ConfigError, from_dict
 from plm_ray.data.masking import MaskingTables, mask_tokens
 from plm_ray.data.tokenizer import load_tokenizer
@@ -30,7 +36,9 @@ from plm_ray.store import Store, fetch_dir
 
 # Ray Train tees print() in workers to stdout and its log (shown twice); log once instead.
 log = logging.getLogger(__name__)
-EXPORT_TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 5e-2}
+# |loss difference| allowed between the live engine and its reloaded export on one batch: fp32 and
+# CPU autocast (fp32 weights) reload the very weights; GPU bf16/fp16 weights are upcast on export.
+EXPORT_TOLERANCE = {"fp32": 1e-4, "autocast": 1e-3, "bf16": 5e-2, "fp16": 5e-2}
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -72,6 +80,30 @@ class Evaluator:
         }
 
 
+def _agree(value: Any) -> Any:
+    """Rank 0's value, on every rank."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def micro_step_seed(run_seed: int, rank: int, micro_step: int) -> int:
+    return int(np.random.SeedSequence([run_seed, rank, micro_step]).generate_state(1)[0])
+
+
+def restore(engine: Engine, store: Store, run: str, workdir: Path) -> dict[str, Any] | None:
+    """Load the newest complete checkpoint (rank 0 picks it, every rank loads it): after a worker
+    failure Ray Train restarts the workers here, and so does a new command with the same run name."""
+    name = _agree(checkpoints.latest_complete(store, run) if dist.get_rank() == 0 else None)
+    if name is None:
+        return None
+    local = store.download_dir(workdir / name, run, checkpoints.STAGE, name)
+    state = engine.load(local)
+    shutil.rmtree(local, ignore_errors=True)
+    state["resumed_from"] = name
+    return state
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     # DeepSpeed's ZeRO collectives call a torch API deprecated in 2.13; once per step is noise.
@@ -88,6 +120,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     tokenizer = load_tokenizer(store.download_dir(workdir / "tokenizer", run, "tokenizer"))
     init_dir = fetch_dir(cfg.model.init_from, store, workdir / "init") if cfg.model.init_from else None
+    torch.manual_seed(cfg.run.seed)  # the same initial weights in every attempt (DeepSpeed broadcasts rank 0's)
     model = build_mlm(cfg.model, len(tokenizer), cfg.data.block_size, tokenizer.pad_token_id, init_dir)
     precision = resolve_precision(p.precision, p.use_gpu)
     engine = Engine(
@@ -105,47 +138,51 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             schedule=p.schedule,
             grad_clip=p.grad_clip,
             hidden_size=model.config.hidden_size,
+            use_gpu=p.use_gpu,
         ),
         p.weight_decay,
         compile=p.compile,
     )
 
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "tokens": 0, "history": []}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = engine.load(d)
+    fresh = {"step": 0, "micro_steps": 0, "epoch": 0, "batches_in_epoch": 0, "tokens": 0, "history": []}
+    state = restore(engine, store, run, workdir) or fresh
+    attempt = _agree(time.strftime("%Y%m%d-%H%M%S"))  # names this attempt's checkpoints
+    if "resumed_from" in state:
+        state["history"].append({"step": state["step"], "resumed_from": state.pop("resumed_from")})
         if rank == 0:
             log.info(
                 f"[pretrain] resumed at step {state['step']} (epoch {state['epoch']}, "
-                f"batch {state['batches_in_epoch']}), lr {engine.learning_rate:.3e}",
+                f"batch {state['batches_in_epoch']}) from {state['history'][-1]['resumed_from']}, "
+                f"lr {engine.learning_rate:.3e}",
             )
     elif rank == 0:
         n_params = sum(getattr(t, "ds_numel", t.numel()) for t in model.parameters())  # ZeRO-3 shards params
         log.info(
-            f"[pretrain] {world} worker(s), ZeRO-{p.zero_stage}, {precision}, {n_params / 1e6:.1f}M parameters, "
-            f"{total_steps} steps",
+            f"[pretrain] {world} worker(s), ZeRO-{p.zero_stage}, {precision}"
+            f"{' (autocast)' if engine.autocast else ''}, {n_params / 1e6:.1f}M parameters, {total_steps} steps",
         )
 
     device = engine.device
     tables = MaskingTables.from_tokenizer(tokenizer).to(device)
-    generator = torch.Generator(device=device).manual_seed(cfg.run.seed * 1000 + rank + 7919 * state["step"])
     evaluate = Evaluator(loop_config["eval_blocks"], rank, world, p.batch_size, tables, cfg, device)
     writer = _tensorboard(workdir) if rank == 0 else None
 
     def save_and_report(metrics: dict[str, Any]) -> None:
-        """Every rank writes its own ZeRO shard and reports it; Ray merges them into one
+        """Every rank writes its own ZeRO shard and manifest and reports them; Ray merges them into one
         checkpoint directory. All ranks must call report, or the others wait forever."""
-        ckpt_dir = workdir / f"ckpt-{state['step']}"
+        name = checkpoints.checkpoint_name(state["step"], attempt)
+        ckpt_dir = workdir / name
         engine.save(ckpt_dir, state)
         if rank == 0:
             tokenizer.save_pretrained(str(ckpt_dir / "tokenizer"))
-            (ckpt_dir / "plm_ray.json").write_text(json.dumps({"step": state["step"], "run": run}))
+            marker = {"step": state["step"], "run": run, "config": loop_config["config"]}
+            (ckpt_dir / checkpoints.STATE).write_text(json.dumps(marker))
             store.write_json(state["history"], run, "pretrain", "history.json")
             if writer:
                 writer.flush()
                 store.upload_dir(workdir / "tensorboard", run, "pretrain", "tensorboard")
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(ckpt_dir)))
+        checkpoints.write_manifest(ckpt_dir, rank, world, state["step"])
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(ckpt_dir)), checkpoint_dir_name=name)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 
     def record(metrics: dict[str, Any], message: str) -> None:
@@ -168,10 +205,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         for index, batch in enumerate(batches):
             if index < state["batches_in_epoch"]:
                 continue  # resuming mid-epoch: skip what the checkpoint already consumed
+            torch.manual_seed(micro_step_seed(cfg.run.seed, rank, state["micro_steps"]))  # masks and dropout
             input_ids = batch["input_ids"].to(device, dtype=torch.long, non_blocking=True)
-            out = engine.train_step(mask_tokens(input_ids, tables, cfg.masking, generator))
+            out = engine.train_step(mask_tokens(input_ids, tables, cfg.masking))
             loss_sum += out["loss"].detach()
             micro_steps += 1
+            state["micro_steps"] += 1
             state["batches_in_epoch"] += 1
             state["tokens"] += input_ids.numel() * world
             if engine.global_steps == state["step"]:
@@ -221,7 +260,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         "nodes": _node_count(world),
     }
     state["history"].append({"step": state["step"], **{k: v for k, v in final.items() if k.startswith("eval_")}})
-    final["export_max_abs_diff"] = _export(engine, model, tokenizer, evaluate, workdir / "export", rank, precision)
+    tolerance = EXPORT_TOLERANCE["autocast" if engine.autocast else precision]
+    final["export_max_abs_diff"] = _export(engine, model, tokenizer, evaluate, workdir / "export", rank, tolerance)
     if rank == 0:
         store.upload_dir(workdir / "export", run, "pretrain", "export")
         _log_scalars(writer, state["step"], final)
@@ -239,7 +279,7 @@ def _export(
     evaluate: Evaluator,
     out_dir: Path,
     rank: int,
-    precision: str,
+    tolerance: float,
 ) -> float:
     """Write the consolidated HF model and tokenizer, then reload it with plain transformers and
     check it reproduces the live engine's loss on one held-out batch."""
@@ -252,9 +292,9 @@ def _export(
     from transformers import AutoModelForMaskedLM
 
     reloaded = SparseMLM(AutoModelForMaskedLM.from_pretrained(str(out_dir)).to(engine.device)).eval()
-    with torch.no_grad():
+    with torch.no_grad(), engine.autocast_context():
         diff = abs(reloaded(**batch)["loss"].item() - live)
-    if diff > EXPORT_TOLERANCE[precision]:
+    if diff > tolerance:
         raise RuntimeError(f"exported model disagrees with the live engine: |loss diff| = {diff:.2e}")
     return diff
 
@@ -330,6 +370,8 @@ def run_pretraining(cfg: Config, store: Store, run: str, train_blocks: Any, eval
             checkpoint_config=CheckpointConfig(num_to_keep=p.keep_checkpoints),
         ),
         datasets={"train": train_blocks},
+        # the same blocks in the same order on each rank in every attempt: what makes resume exact
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
     result = trainer.fit()
     if result.error:

@@ -43,6 +43,17 @@ class Store:
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
         self.root_uri = self.base if self.is_local else section.root.rstrip("/")
 
+    def check_access(self) -> None:
+        """One clear error for a store that cannot be reached or read (bad credentials, no bucket)."""
+        try:
+            self.fs.get_file_info(self.base)
+        except OSError as exc:
+            hint = " (S3 credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the instance profile)"
+            raise ConfigError(
+                f"cannot access the store {self.root_uri}: {str(exc).splitlines()[0]}"
+                + (hint if self.root_uri.startswith("s3://") else "")
+            ) from exc
+
     def path(self, *parts: str) -> str:
         """Path inside `self.fs`."""
         return "/".join([self.base, *[p.strip("/") for p in parts if p]])
@@ -115,8 +126,11 @@ class Store:
         return self.uri(*parts)
 
     def delete(self, *parts: str) -> None:
-        if self.exists(*parts):
+        kind = self.fs.get_file_info(self.path(*parts)).type
+        if kind == pafs.FileType.Directory:
             self.fs.delete_dir(self.path(*parts))
+        elif kind == pafs.FileType.File:
+            self.fs.delete_file(self.path(*parts))
 
     def list_dir(self, *parts: str) -> list[str]:
         if not self.exists(*parts):

@@ -1,6 +1,8 @@
 """Stage 7, sweep: a Ray Tune search over fine-tuning hyperparameters. Each trial fine-tunes sequence
 classification through the same DeepSpeed engine layer as pre-training, reports accuracy and
-macro-F1 every epoch (ASHA stops weak trials), and checkpoints a loadable Hugging Face model."""
+macro-F1 every epoch (ASHA stops weak trials), and checkpoints a loadable Hugging Face model.
+An interrupted sweep continues with `Tuner.restore`: finished trials keep their results, the rest
+start again from their first epoch (a trial is seeded, so a restart repeats it exactly)."""
 
 from __future__ import annotations
 
@@ -49,13 +51,25 @@ def macro_f1(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
     return float(np.mean(scores))
 
 
+def batch_order(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar lengths: sort each window of 50 batches by length, cut it into
+    batches, shuffle the batches. Padding (and the compute spent on it) falls to a few percent."""
+    order = rng.permutation(len(lengths))
+    window = 50 * batch_size
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort([lengths[i] for i in chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def _batches(
-    ids: list[list[int]], labels: np.ndarray, batch_size: int, pad_id: int, device: torch.device, order: np.ndarray
+    ids: list[list[int]], labels: np.ndarray, pad_id: int, device: torch.device, order: list[np.ndarray]
 ) -> list[dict[str, torch.Tensor]]:
     """Dynamic padding to the longest sequence of each batch."""
     out = []
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+    for rows in order:
         width = max(len(ids[i]) for i in rows)
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         for j, i in enumerate(rows):
@@ -84,7 +98,8 @@ def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
             str(fetch_dir(setup["random_like"], store, workdir / "shape"))
         )
     id2label = {int(k): v for k, v in setup["id2label"].items()}
-    model = build_classifier(model_dir, len(id2label), id2label, random_like)
+    torch.manual_seed(cfg.run.seed)  # the new head (or the whole random init) is the same in every attempt
+    model = build_classifier(model_dir, len(id2label), id2label, random_like, s.dropout)
 
     texts, labels = load_split(store, run, s.name, "train")
     v_texts, v_labels = load_split(store, run, s.name, "validation")
@@ -110,15 +125,20 @@ def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
             schedule="linear",
             grad_clip=1.0,
             hidden_size=model.config.hidden_size,
+            use_gpu=use_gpu,
         ),
         s.weight_decay,
     )
     rng = np.random.default_rng(cfg.run.seed)
-    valid = _batches(v_ids, v_labels, 128, tokenizer.pad_token_id, engine.device, np.argsort([len(x) for x in v_ids]))
+    by_length = np.argsort([len(x) for x in v_ids])
+    valid_order = [by_length[i : i + 128] for i in range(0, len(by_length), 128)]
+    valid = _batches(v_ids, v_labels, tokenizer.pad_token_id, engine.device, valid_order)
+    lengths = [len(x) for x in ids]
     for epoch in range(1, s.epochs + 1):
+        order = batch_order(lengths, batch_size, rng)
         losses = [
             engine.train_step(b)["loss"].detach()
-            for b in _batches(ids, labels, batch_size, tokenizer.pad_token_id, engine.device, rng.permutation(len(ids)))
+            for b in _batches(ids, labels, tokenizer.pad_token_id, engine.device, order)
         ]
         preds, gold = [], []
         for b in valid:
@@ -179,26 +199,34 @@ def run_sweep(
     trainable = tune.with_resources(
         tune.with_parameters(finetune_trial, setup=setup), {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
     )
-    tuner = tune.Tuner(
-        trainable,
-        param_space=space,
-        tune_config=tune.TuneConfig(
-            metric="accuracy",
-            mode="max",
-            num_samples=samples,
-            max_concurrent_trials=s.max_concurrent_trials,
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=s.epochs, grace_period=s.grace_period),
-        ),
-        run_config=tune.RunConfig(
-            name=s.name,
-            storage_path=store.path(run),
-            storage_filesystem=store.fs,
-            verbose=1,
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="accuracy", checkpoint_score_order="max"
+    experiment = store.path(run, s.name)
+    if tune.Tuner.can_restore(experiment, storage_filesystem=store.fs):
+        print(f"[plm-ray] sweep {s.name} continues: finished trials are kept, the others run again", flush=True)
+        tuner = tune.Tuner.restore(
+            experiment, trainable, restart_errored=True, param_space=space, storage_filesystem=store.fs
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric="accuracy",
+                mode="max",
+                num_samples=samples,
+                max_concurrent_trials=s.max_concurrent_trials,
+                # "epoch", not Tune's iteration count: a trial restarted by a restore counts from 1 again
+                scheduler=ASHAScheduler(time_attr="epoch", max_t=s.epochs, grace_period=s.grace_period),
             ),
-        ),
-    )
+            run_config=tune.RunConfig(
+                name=s.name,
+                storage_path=store.path(run),
+                storage_filesystem=store.fs,
+                verbose=1,
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute="accuracy", checkpoint_score_order="max"
+                ),
+            ),
+        )
     return collect_results(tuner.fit(), store, run, s.name)
 
 
@@ -213,9 +241,15 @@ def collect_results(grid: tune.ResultGrid, store: Store, run: str, sweep_name: s
         }
         history = result.metrics_dataframe
         if history is not None and len(history):
+            # a trial restarted by a restore reports its epochs again: keep each epoch's last report
+            history = history.drop_duplicates("epoch", keep="last").sort_values("epoch")
             best = history.loc[history["accuracy"].idxmax()]
             checkpoint = result.get_best_checkpoint("accuracy", "max")
             row.update(
+                history=[
+                    {k: float(e[k]) for k in ("epoch", "accuracy", "macro_f1", "train_loss")}
+                    for _, e in history.iterrows()
+                ],
                 epochs_run=int(history["epoch"].max()),
                 best_epoch=int(best["epoch"]),
                 accuracy=float(best["accuracy"]),

@@ -141,3 +141,19 @@ def test_whole_word_masking_takes_all_pieces(tokenizer):
     for i in range(1, ids.shape[1]):
         if cont[i]:
             assert sel[i] == sel[i - 1], "a word piece was masked apart from its word"
+
+
+def test_a_10_mb_line_is_one_document_packed_in_full(tmp_path: Path, store: Store, tokenizer):
+    """One 10 MB line (a dump with no line breaks) is one document: read whole, tokenized, and cut
+    into blocks like any other, for text and JSON Lines alike."""
+    huge = " ".join(LINES[i % len(LINES)] for i in range(75_000))
+    assert len(huge) > 10_000_000
+    (tmp_path / "big.txt").write_text(huge + "\nsmall document\n")
+    (tmp_path / "big.jsonl").write_text(json.dumps({"text": huge}) + "\n" + json.dumps({"text": "small document"}))
+    tok_json, sep, cls = tokenizer.backend_tokenizer.to_str(), tokenizer.sep_token_id, tokenizer.cls_token_id
+    expected = len(tokenizer(huge, add_special_tokens=False).input_ids) + 1
+    for name in ("big.txt", "big.jsonl"):
+        corpus = read_corpus(DataSection(), store, str(tmp_path / name))
+        assert sorted(len(r["text"]) for r in corpus.take_all()) == [len("small document"), len(huge)]
+        blocks = packed_blocks(corpus, tok_json, sep, cls, "train", 1e-9, 128, 2048).materialize()
+        assert blocks.count() >= expected // 127

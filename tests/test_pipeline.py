@@ -100,3 +100,27 @@ def test_sweep_bad_checkpoint_and_block_size(tmp_path: Path, capsys: pytest.Capt
     BertConfig(max_position_embeddings=16).save_pretrained(short)
     assert main(["pretrain", *base, "--overwrite", "--set", f"model.init_from={short}"]) == 2
     assert "data.block_size = 64 is larger than the 16 positions of model" in capsys.readouterr().err
+
+
+def test_more_workers_than_the_cluster_has_is_refused_up_front(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    base = ["--set", f"store.root={tmp_path}", "--set", "run.name=big"]
+    assert main(["pretrain", *base, "--set", "pretrain.num_workers=3"]) == 2
+    assert "pretrain.num_workers = 3 x cpus_per_worker = 1 needs 3 CPUs, but the Ray cluster has 2" in (
+        capsys.readouterr().err
+    )
+    assert main(["pretrain", *base, "--set", "pretrain.use_gpu=true"]) == 2
+    assert "with use_gpu needs 2 GPUs, but the Ray cluster has 0" in capsys.readouterr().err
+    assert main(["sweep", *base, "--set", "sweep.cpus_per_trial=4"]) == 2
+    assert "fit no node; the largest has 2 CPUs, 0 GPUs" in capsys.readouterr().err
+    assert not (tmp_path / "big").exists(), "a refused command wrote into the store"
+
+
+def test_overwrite_with_a_bad_input_keeps_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """--overwrite deletes only after every input passed its checks."""
+    (tmp_path / "keep" / "pretrain").mkdir(parents=True)
+    (tmp_path / "keep" / "pretrain" / "result.json").write_text("{}")
+    base = ["--set", f"store.root={tmp_path}", "--set", "run.name=keep", "--overwrite"]
+    assert main(["pretrain", *base, "--set", f"data.corpus={tmp_path / 'typo'}"]) == 2
+    assert f"corpus path not found: {tmp_path / 'typo'}" in capsys.readouterr().err
+    assert main(["sweep", *base, "--set", f"sweep.task={tmp_path / 'typo.tsv'}"]) == 2
+    assert (tmp_path / "keep" / "pretrain" / "result.json").read_text() == "{}"

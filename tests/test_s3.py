@@ -46,7 +46,7 @@ def _objects(endpoint: str) -> dict[str, bytes]:
     return {k: client.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys}
 
 
-def test_pretrain_and_sweep_with_the_store_on_s3(s3: str, capsys: pytest.CaptureFixture[str]):
+def test_pretrain_and_sweep_with_the_store_on_s3(s3: str, capfd: pytest.CaptureFixture[str]):
     store_sets = [f"store.root=s3://{BUCKET}/runs", f"store.endpoint={s3}", "store.region=us-east-1"]
     cfg = small_config(None, "s3run", *store_sets, f"data.corpus=s3://{BUCKET}/corpus/")
     store, run = pipeline.start_run(cfg, ["pretrain", "sweep"], resume=False, overwrite=False)
@@ -74,7 +74,27 @@ def test_pretrain_and_sweep_with_the_store_on_s3(s3: str, capsys: pytest.Capture
     assert sweep["model"] == f"s3://{BUCKET}/runs/s3run/pretrain/export"  # read back from S3
     secret = b"plm-test-secret-key"
     assert not [k for k, body in objects.items() if secret in body], "a credential was written to the store"
+    logs = capfd.readouterr()  # the driver's output and every worker's, as Ray forwards them
+    assert secret.decode() not in logs.out + logs.err, "a credential was logged"
 
-    capsys.readouterr()
     assert main(["store", "ls", f"s3://{BUCKET}/runs", "--endpoint", s3, "--region", "us-east-1"]) == 0
-    assert capsys.readouterr().out.startswith("s3run\tcomplete\tpretrain,sweep\ts3://plm-test/runs/s3run")
+    assert capfd.readouterr().out.startswith("s3run\tcomplete\tpretrain,sweep\ts3://plm-test/runs/s3run")
+
+
+def test_refused_s3_credentials_are_one_clear_error(s3: str, tmp_path, capsys: pytest.CaptureFixture[str]):
+    from moto import settings
+
+    endpoint = ["--set", f"store.endpoint={s3}", "--set", "store.region=us-east-1"]
+    saved = settings.INITIAL_NO_AUTH_ACTION_COUNT
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # from now on the server checks every request's credentials
+    try:
+        corpus = ["--set", f"data.corpus=s3://{BUCKET}/corpus/", "--set", f"store.root={tmp_path}"]
+        assert main(["pretrain", *corpus, *endpoint]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"plm-ray: error: cannot read corpus s3://{BUCKET}/corpus/: "), err
+        assert main(["pretrain", "--set", f"store.root=s3://{BUCKET}/runs", *endpoint]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"plm-ray: error: cannot access the store s3://{BUCKET}/runs: "), err
+        assert "AWS_ACCESS_KEY_ID" in err[0] and "plm-test-secret-key" not in err[0]
+    finally:
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = saved

@@ -93,8 +93,8 @@ def _label_ids(labels: pa.ChunkedArray, cfg: SweepSection, where: str, names: li
     return np.array([index[v] for v in values], dtype=np.int64)
 
 
-def prepare_labeled(cfg: SweepSection, store: Store, run: str, task: str, validation: str) -> dict[str, Any]:
-    """Validate, split and store the labeled data; returns what trials need to know about it."""
+def read_labeled(cfg: SweepSection, store: Store, task: str, validation: str) -> dict[str, Any]:
+    """Read and validate the labeled data (nothing is written): texts, label ids and the label names."""
     if task.startswith("hf:"):
         train = _hf_table(task[3:], cfg.hf_config, "train")
         valid = _hf_table(task[3:], cfg.hf_config, validation or "validation")
@@ -126,12 +126,24 @@ def prepare_labeled(cfg: SweepSection, store: Store, run: str, task: str, valida
     classes = np.unique(y)
     if len(classes) < 2:
         raise ConfigError(f"labeled data {task} has a single class (label {int(classes[0])}); need at least 2")
-    for split, split_texts, split_y in (("train", texts, y), ("validation", v_texts, v_y)):
+    id2label = {i: (names[i] if names else f"LABEL_{i}") for i in range(num_labels)}
+    return {"train": (texts, y), "validation": (v_texts, v_y), "id2label": id2label}
+
+
+def prepare_labeled(cfg: SweepSection, store: Store, run: str, task: str, validation: str) -> dict[str, Any]:
+    """Validate, split and store the labeled data; returns what trials need to know about it."""
+    data = read_labeled(cfg, store, task, validation)
+    for split in ("train", "validation"):
+        split_texts, split_y = data[split]
         sink = pa.BufferOutputStream()
         pq.write_table(pa.table({"text": split_texts, "label": split_y}), sink)
         store.write_bytes(sink.getvalue().to_pybytes(), run, cfg.name, "data", f"{split}.parquet")
-    id2label = {i: (names[i] if names else f"LABEL_{i}") for i in range(num_labels)}
-    return {"num_labels": num_labels, "id2label": id2label, "train_rows": len(texts), "validation_rows": len(v_texts)}
+    return {
+        "num_labels": len(data["id2label"]),
+        "id2label": data["id2label"],
+        "train_rows": len(data["train"][0]),
+        "validation_rows": len(data["validation"][0]),
+    }
 
 
 def load_split(store: Store, run: str, sweep_name: str, split: str) -> tuple[list[str], np.ndarray]:
