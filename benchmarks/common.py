@@ -32,12 +32,12 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def matmul_peak_flops(threads: int, repeats: int = 5) -> float:
-    """Best median fp32 GEMM rate over a few square sizes, with the threads the benchmarks use."""
+def matmul_peak_flops(threads: int, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+    """Best median GEMM rate over a few square sizes in `dtype`, with the threads the benchmarks use."""
     torch.set_num_threads(threads)
     best = 0.0
     for n in (512, 1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         torch.mm(a, b)
         times = []
         for _ in range(repeats):
@@ -64,12 +64,14 @@ class TreeMonitor:
     """Samples a process and all its descendants every `interval` seconds: CPU seconds per process
     (to show where a run's time goes) and, if `memory`, the peak of their summed proportional set
     size (PSS: shared pages split between the processes mapping them, so Ray's shared-memory object
-    store is not counted once per worker). PSS reads every process's smaps, which costs CPU that
-    throughput runs must not lose, hence off unless asked for."""
+    store is not counted once per worker); every sample is kept in `samples` as (time, bytes). PSS
+    reads every process's smaps, which costs CPU that throughput runs must not lose, hence off unless
+    asked for."""
 
     def __init__(self, pid: int, memory: bool, interval: float = 1.0):
         self.root, self.memory, self.interval, self.peak = psutil.Process(pid), memory, interval, 0
         self.cpu: dict[int, tuple[str, float]] = {}
+        self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -89,6 +91,7 @@ class TreeMonitor:
                 except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
                     pass
             self.peak = max(self.peak, total)
+            self.samples.append((time.time(), total))
             self._stop.wait(self.interval)
 
     def cpu_by_name(self) -> dict[str, float]:

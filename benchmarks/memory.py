@@ -1,4 +1,6 @@
-"""Benchmark 4: per-rank memory of ZeRO stages 0-3 at 2 ranks (Ray Train + plm-ray's engine).
+"""Benchmark 4: per-rank memory of ZeRO stages 0-3 at 2 ranks (Ray Train + plm-ray's engine), with
+fp32 weights (plm-ray's CPU default: fp32, or bf16 autocast over fp32 weights) and with bf16 weights
+(DeepSpeed's bf16 mode, plm-ray's GPU default: bf16 parameters and gradients, fp32 master copy).
 
 Each rank builds the benchmark BERT, takes three optimizer steps, then counts the bytes of every
 live tensor storage in its process (parameters or their ZeRO partitions, gradients, optimizer
@@ -28,6 +30,7 @@ from plm_ray.engine import Engine, deepspeed_config
 from plm_ray.model import PRESETS, SparseMLM
 
 STAGES = (0, 1, 2, 3)
+WEIGHTS = ("fp32", "bf16")
 
 
 def live_tensor_bytes() -> int:
@@ -54,7 +57,7 @@ def measure_rank(config: dict[str, Any]) -> None:
             grad_accum=1,
             zero_stage=config["stage"],
             offload=False,
-            precision="fp32",
+            precision=config["weights"],
             learning_rate=1e-4,
             weight_decay=0.01,
             warmup_steps=1,
@@ -62,7 +65,7 @@ def measure_rank(config: dict[str, Any]) -> None:
             schedule="linear",
             grad_clip=1.0,
             hidden_size=PRESETS["mini"][1],
-            use_gpu=False,
+            autocast=False,
         ),
         0.01,
     )
@@ -76,23 +79,24 @@ def measure_rank(config: dict[str, Any]) -> None:
         state_bytes = live_tensor_bytes() - baseline
         ds.step()
     result = {"state_bytes": state_bytes, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    Path(config["out"], f"stage{config['stage']}-rank{rank}.json").write_text(json.dumps(result))
+    Path(config["out"], f"{config['weights']}-stage{config['stage']}-rank{rank}.json").write_text(json.dumps(result))
 
 
 def main(n_tokens: int, out_json: str) -> None:
     ray.init(address="local", num_cpus=2, logging_level="WARNING")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for stage in STAGES:
-            TorchTrainer(
-                measure_rank,
-                train_loop_config={"n_tokens": n_tokens, "stage": stage, "out": tmp},
-                scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-                torch_config=TorchConfig(backend="gloo"),
-                run_config=RunConfig(name=f"zero{stage}", storage_path=tmp),
-            ).fit()
-            ranks = [json.loads(Path(tmp, f"stage{stage}-rank{r}.json").read_text()) for r in (0, 1)]
-            results[str(stage)] = {key: max(r[key] for r in ranks) for key in ranks[0]}
+        for weights in WEIGHTS:
+            for stage in STAGES:
+                TorchTrainer(
+                    measure_rank,
+                    train_loop_config={"n_tokens": n_tokens, "stage": stage, "weights": weights, "out": tmp},
+                    scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+                    torch_config=TorchConfig(backend="gloo"),
+                    run_config=RunConfig(name=f"{weights}-zero{stage}", storage_path=tmp),
+                ).fit()
+                ranks = [json.loads(Path(tmp, f"{weights}-stage{stage}-rank{r}.json").read_text()) for r in (0, 1)]
+                results.setdefault(weights, {})[str(stage)] = {key: max(r[key] for r in ranks) for key in ranks[0]}
     Path(out_json).write_text(json.dumps(results))
 
 

@@ -1,10 +1,12 @@
 """Benchmarks 1 (training step) and 3 (scaling).
 
-1. The same BERT (4 layers / 256 hidden, vocab 30,522, 32 x 128 fp32) trained by
-   (a) plm-ray's own pre-training command: Ray Train + DeepSpeed, one worker with both CPUs,
-   (b) Hugging Face `Trainer` + `DataCollatorForLanguageModeling` (the run_mlm.py recipe),
-   (c) a plain PyTorch loop with the same collator and the model's dense MLM head,
-   (d) a plain PyTorch loop with plm-ray's masking and sparse head, to show the engine's own cost.
+1. The same BERT (4 layers / 256 hidden, vocab 30,522, 32 x 128) trained by
+   (a) plm-ray's own pre-training command: Ray Train + DeepSpeed, one worker with both CPUs, in its
+       default precision (bf16 autocast on this CPU), and (a32) the same in fp32,
+   (b) Hugging Face `Trainer` + `DataCollatorForLanguageModeling` (the run_mlm.py recipe, fp32 as it
+       defaults to) and (b16) the same with `bf16=True` (HF's CPU autocast),
+   (c) a plain PyTorch loop with the same collator and the model's dense MLM head (fp32),
+   (d) a plain PyTorch loop with plm-ray's masking and sparse head (fp32), to show the engine's cost.
 3. plm-ray pre-training with 1 worker vs 2 workers (ZeRO-2), one CPU each.
 """
 
@@ -87,7 +89,7 @@ class StepTimes(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def hf_trainer(tokenizer: Any, blocks: np.ndarray, threads: int) -> float:
+def hf_trainer(tokenizer: Any, blocks: np.ndarray, threads: int, bf16: bool) -> float:
     """Tokens/s of `Trainer` + `DataCollatorForLanguageModeling`: median of step-to-step intervals,
     so the collator and data loading sit inside each interval as they do in run_mlm.py."""
     torch.set_num_threads(threads)
@@ -104,6 +106,7 @@ def hf_trainer(tokenizer: Any, blocks: np.ndarray, threads: int) -> float:
             save_strategy="no",
             report_to=[],
             use_cpu=True,
+            bf16=bf16,
             dataloader_num_workers=0,
         )
         collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=MASK_RATE)
@@ -148,11 +151,15 @@ def plain_loop(tokenizer: Any, blocks: np.ndarray, threads: int, sparse: bool) -
 def run_training(store: Path, shard: Path, threads: int) -> dict[str, Any]:
     """Benchmark 1. (a) also trains the 30,522-token WordPiece the other recipes then load."""
     a = plm_ray_pretrain(store, str(shard), "bench-train", 1, threads, [])
+    fp32 = [tokenizer_set(store), "pretrain.precision=fp32"]
+    a32 = plm_ray_pretrain(store, str(shard), "bench-fp32", 1, threads, fp32)
     tokenizer = load_tokenizer(str(store / "bench-train" / "tokenizer"))
     blocks = blocks_for(tokenizer, shard, BATCH * (WARMUP_STEPS + TIMED_STEPS + 2))
     return {
         "a": steady_tokens_per_second(a["history"], skip_steps=10),
-        "b": hf_trainer(tokenizer, blocks, threads),
+        "a32": steady_tokens_per_second(a32["history"], skip_steps=10),
+        "b": hf_trainer(tokenizer, blocks, threads, bf16=False),
+        "b16": hf_trainer(tokenizer, blocks, threads, bf16=True),
         "c": plain_loop(tokenizer, blocks, threads, sparse=False),
         "d": plain_loop(tokenizer, blocks, threads, sparse=True),
         "vocab": len(tokenizer),

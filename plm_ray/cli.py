@@ -58,16 +58,14 @@ def _add_store_args(parser: argparse.ArgumentParser, root: str) -> None:
 
 def execute(command: str, cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     from plm_ray import pipeline
-    from plm_ray.report import write_report
 
     store, run = pipeline.start_run(cfg, COMMANDS[command], resume, overwrite)
     if "pretrain" in COMMANDS[command]:
         pipeline.pretrain(cfg, store, run)
     if "sweep" in COMMANDS[command]:
         pipeline.sweep(cfg, store, run)
-    summary = pipeline.write_summary(cfg, store, run)
+    summary = pipeline.finish(cfg, store, run)
     print(pipeline.format_summary(summary), flush=True)
-    print(f"[plm-ray] report: {write_report(store, run)}", flush=True)
     return summary
 
 

@@ -75,6 +75,7 @@ class ModelSection:
     intermediate_size: int = 0
     max_positions: int = 0  # 0: data.block_size
     dropout: float = -1.0  # < 0: the preset's 0.1
+    attention: str = "auto"  # auto (sdpa on GPU, eager on CPU: measured faster there) | sdpa | eager
 
 
 @dataclass
@@ -256,6 +257,7 @@ def validate(cfg: Config) -> None:
         "mask_fraction + random_fraction must lie in [0, 1]",
     )
     _check(m.arch in ("bert", "roberta"), "model.arch", m.arch, "must be bert or roberta")
+    _check(m.attention in ("auto", "sdpa", "eager"), "model.attention", m.attention, "must be auto, sdpa or eager")
     from plm_ray.model import PRESETS  # local import: model pulls in torch
 
     _check(m.preset in PRESETS, "model.preset", m.preset, f"must be one of {', '.join(PRESETS)}")

@@ -42,10 +42,11 @@ def resolve_precision(requested: str, use_gpu: bool) -> str:
     return requested
 
 
-def autocast_dtype(precision: str, use_gpu: bool) -> torch.dtype | None:
+def uses_autocast(precision: str, use_gpu: bool) -> bool:
     """On CPU, bf16 means torch autocast over fp32 weights (DeepSpeed's `torch_autocast`): matmuls run
-    in bf16, master weights, gradients and optimizer state stay fp32. GPUs use DeepSpeed's bf16 mode."""
-    return torch.bfloat16 if precision == "bf16" and not use_gpu else None
+    in bf16, weights, gradients and optimizer state stay fp32. GPUs use DeepSpeed's bf16 mode (bf16
+    weights and gradients, fp32 master copy in the optimizer)."""
+    return precision == "bf16" and not use_gpu
 
 
 def deepspeed_config(
@@ -62,7 +63,7 @@ def deepspeed_config(
     schedule: str,
     grad_clip: float,
     hidden_size: int,
-    use_gpu: bool,
+    autocast: bool,
 ) -> dict[str, Any]:
     warmup = min(warmup_steps, max(total_steps - 1, 0))
     scheduler = (
@@ -116,9 +117,9 @@ def deepspeed_config(
         },
         "scheduler": scheduler,
         "zero_optimization": zero,
-        "bf16": {"enabled": precision == "bf16" and use_gpu},
+        "bf16": {"enabled": precision == "bf16" and not autocast},
         "fp16": {"enabled": precision == "fp16", "loss_scale": 0},
-        "torch_autocast": {"enabled": autocast_dtype(precision, use_gpu) is not None, "dtype": "bfloat16"},
+        "torch_autocast": {"enabled": autocast, "dtype": "bfloat16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

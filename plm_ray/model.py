@@ -73,19 +73,32 @@ def check_positions(location: str | Path, block_size: int) -> None:
         )
 
 
-def _load(kind: type, location: str | Path, **kwargs: object) -> PreTrainedModel:
+def attention_implementation(requested: str, use_gpu: bool) -> str:
+    """PyTorch SDPA on GPUs; on CPU the eager attention trains ~15 % faster here (the CPU flash
+    kernel's backward is slow at BERT's head sizes; see BENCHMARKS.md)."""
+    if requested != "auto":
+        return requested
+    return "sdpa" if use_gpu else "eager"
+
+
+def _load(kind: type, location: str | Path, attention: str, **kwargs: object) -> PreTrainedModel:
     try:
-        return kind.from_pretrained(str(location), attn_implementation="sdpa", **kwargs)
+        return kind.from_pretrained(str(location), attn_implementation=attention, **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"not a loadable Hugging Face checkpoint: {location} ({str(exc).splitlines()[0]})") from exc
 
 
 def build_mlm(
-    cfg: ModelSection, n_tokens: int, block_size: int, pad_id: int, init_dir: Path | None = None
+    cfg: ModelSection,
+    n_tokens: int,
+    block_size: int,
+    pad_id: int,
+    init_dir: Path | None = None,
+    attention: str = "sdpa",
 ) -> PreTrainedModel:
     """A fresh model from the preset, or an existing checkpoint to continue pre-training."""
     if init_dir is not None:
-        model = _load(AutoModelForMaskedLM, init_dir)
+        model = _load(AutoModelForMaskedLM, init_dir, attention)
         if model.config.vocab_size < n_tokens:
             raise ConfigError(
                 f"model {init_dir} has {model.config.vocab_size} embeddings but the tokenizer "
@@ -93,7 +106,7 @@ def build_mlm(
             )
     else:
         model = AutoModelForMaskedLM.from_config(
-            build_config(cfg, n_tokens, block_size, pad_id), attn_implementation="sdpa"
+            build_config(cfg, n_tokens, block_size, pad_id), attn_implementation=attention
         )
     if block_size > max_sequence(model.config):
         raise ConfigError(
@@ -108,6 +121,7 @@ def build_classifier(
     id2label: dict[int, str],
     random_like: PretrainedConfig | None = None,
     dropout: float = -1.0,
+    attention: str = "sdpa",
 ) -> PreTrainedModel:
     """From a pre-trained checkpoint, or (location None) a random init with `random_like`'s shape;
     `dropout` >= 0 replaces the checkpoint's hidden and attention dropout."""
@@ -121,8 +135,8 @@ def build_classifier(
     if location is None:
         assert random_like is not None
         config = type(random_like).from_dict({**random_like.to_dict(), **overrides})
-        return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
-    return _load(AutoModelForSequenceClassification, location, **overrides)
+        return AutoModelForSequenceClassification.from_config(config, attn_implementation=attention)
+    return _load(AutoModelForSequenceClassification, location, attention, **overrides)
 
 
 def _mlm_head(model: PreTrainedModel) -> torch.nn.Module:

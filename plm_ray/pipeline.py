@@ -29,6 +29,7 @@ from plm_ray.data.packing import packed_blocks
 from plm_ray.data.tokenizer import load_tokenizer, prepare_tokenizer
 from plm_ray.model import build_config, check_positions
 from plm_ray.pretrain import check_resources, run_pretraining
+from plm_ray.report import write_report
 from plm_ray.store import Store
 from plm_ray.sweep import check_trial_resources, run_sweep
 
@@ -163,6 +164,8 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         "eval_accuracy": metrics["eval_accuracy"],
         "export_max_abs_diff": metrics["export_max_abs_diff"],
         "nodes": metrics["nodes"],
+        "precision": metrics["precision"],
+        "attention": metrics["attention"],
         "checkpoint": metrics["checkpoint"],
         "export": store.uri(run, "pretrain", "export"),
         "tokenizer": store.uri(run, "tokenizer"),
@@ -224,12 +227,14 @@ def sweep(cfg: Config, store: Store, run: str) -> dict[str, Any]:
     return result
 
 
-def write_summary(cfg: Config, store: Store, run: str) -> dict[str, Any]:
+def finish(cfg: Config, store: Store, run: str) -> dict[str, Any]:
+    """The end of every command: `summary.json` of the stages completed so far, and the run's report."""
     summary: dict[str, Any] = {"run": run, "store": store.uri(run), "config": store.uri(run, "config.yaml")}
     if store.exists(run, "pretrain", "result.json"):
         summary["pretrain"] = store.read_json(run, "pretrain", "result.json")
     if store.exists(run, cfg.sweep.name, "result.json"):
         summary["sweep"] = store.read_json(run, cfg.sweep.name, "result.json")
+    summary["report"] = write_report(store, run)
     store.write_json(summary, run, "summary.json")
     return summary
 
@@ -254,4 +259,5 @@ def format_summary(summary: dict[str, Any]) -> str:
             )
         b = s["best"]
         lines.append(f"best: learning_rate {b['learning_rate']:.2e}, accuracy {b['accuracy']:.4f} -> {b['checkpoint']}")
+    lines.append(f"report: {summary['report']}")
     return "\n".join(lines)

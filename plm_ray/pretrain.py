@@ -30,8 +30,8 @@ from plm_ray import checkpoints
 from plm_ray.config import Config, ConfigError, from_dict
 from plm_ray.data.masking import MaskingTables, mask_tokens
 from plm_ray.data.tokenizer import load_tokenizer
-from plm_ray.engine import Engine, deepspeed_config, resolve_precision
-from plm_ray.model import SparseMLM, build_mlm
+from plm_ray.engine import Engine, deepspeed_config, resolve_precision, uses_autocast
+from plm_ray.model import SparseMLM, attention_implementation, build_mlm
 from plm_ray.store import Store, fetch_dir
 
 # Ray Train tees print() in workers to stdout and its log (shown twice); log once instead.
@@ -121,7 +121,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(store.download_dir(workdir / "tokenizer", run, "tokenizer"))
     init_dir = fetch_dir(cfg.model.init_from, store, workdir / "init") if cfg.model.init_from else None
     torch.manual_seed(cfg.run.seed)  # the same initial weights in every attempt (DeepSpeed broadcasts rank 0's)
-    model = build_mlm(cfg.model, len(tokenizer), cfg.data.block_size, tokenizer.pad_token_id, init_dir)
+    attention = attention_implementation(cfg.model.attention, p.use_gpu)
+    model = build_mlm(cfg.model, len(tokenizer), cfg.data.block_size, tokenizer.pad_token_id, init_dir, attention)
     precision = resolve_precision(p.precision, p.use_gpu)
     engine = Engine(
         SparseMLM(model),
@@ -138,7 +139,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             schedule=p.schedule,
             grad_clip=p.grad_clip,
             hidden_size=model.config.hidden_size,
-            use_gpu=p.use_gpu,
+            autocast=uses_autocast(precision, p.use_gpu),
         ),
         p.weight_decay,
         compile=p.compile,
@@ -258,6 +259,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         "wall_seconds": time.time() - started,
         "first_step_unix": first_step_unix,
         "nodes": _node_count(world),
+        "precision": precision,
+        "attention": attention,
     }
     state["history"].append({"step": state["step"], **{k: v for k, v in final.items() if k.startswith("eval_")}})
     tolerance = EXPORT_TOLERANCE["autocast" if engine.autocast else precision]
@@ -291,7 +294,9 @@ def _export(
     tokenizer.save_pretrained(str(out_dir))
     from transformers import AutoModelForMaskedLM
 
-    reloaded = SparseMLM(AutoModelForMaskedLM.from_pretrained(str(out_dir)).to(engine.device)).eval()
+    attention = model.config._attn_implementation  # the same kernels as the live model
+    reloaded = AutoModelForMaskedLM.from_pretrained(str(out_dir), attn_implementation=attention)
+    reloaded = SparseMLM(reloaded.to(engine.device)).eval()
     with torch.no_grad(), engine.autocast_context():
         diff = abs(reloaded(**batch)["loss"].item() - live)
     if diff > tolerance:

@@ -24,8 +24,8 @@ from ray.tune.schedulers import ASHAScheduler
 from plm_ray.config import Config, ConfigError, from_dict
 from plm_ray.data.labeled import load_split
 from plm_ray.data.tokenizer import load_tokenizer
-from plm_ray.engine import Engine, deepspeed_config, ensure_process_group, resolve_precision
-from plm_ray.model import Classifier, build_classifier
+from plm_ray.engine import Engine, deepspeed_config, ensure_process_group, resolve_precision, uses_autocast
+from plm_ray.model import Classifier, attention_implementation, build_classifier
 from plm_ray.store import Store, fetch_dir
 
 RESULT_FIELDS = [
@@ -99,17 +99,19 @@ def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
         )
     id2label = {int(k): v for k, v in setup["id2label"].items()}
     torch.manual_seed(cfg.run.seed)  # the new head (or the whole random init) is the same in every attempt
-    model = build_classifier(model_dir, len(id2label), id2label, random_like, s.dropout)
+    use_gpu = s.gpus_per_trial > 0
+    attention = attention_implementation(cfg.model.attention, use_gpu)
+    model = build_classifier(model_dir, len(id2label), id2label, random_like, s.dropout, attention)
 
     texts, labels = load_split(store, run, s.name, "train")
     v_texts, v_labels = load_split(store, run, s.name, "validation")
     encode = lambda xs: tokenizer(xs, truncation=True, max_length=s.max_length)["input_ids"]  # noqa: E731
     ids, v_ids = encode(texts), encode(v_texts)
 
-    use_gpu = s.gpus_per_trial > 0
     ensure_process_group(use_gpu)
     batch_size, lr = int(hparams["batch_size"]), float(hparams["learning_rate"])
     steps = s.epochs * -(-len(ids) // batch_size)
+    precision = resolve_precision(s.precision, use_gpu)
     engine = Engine(
         Classifier(model),
         deepspeed_config(
@@ -117,7 +119,7 @@ def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
             grad_accum=1,
             zero_stage=s.zero_stage,
             offload=False,
-            precision=resolve_precision(s.precision, use_gpu),
+            precision=precision,
             learning_rate=lr,
             weight_decay=s.weight_decay,
             warmup_steps=int(s.warmup_ratio * steps),
@@ -125,7 +127,7 @@ def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
             schedule="linear",
             grad_clip=1.0,
             hidden_size=model.config.hidden_size,
-            use_gpu=use_gpu,
+            autocast=uses_autocast(precision, use_gpu),
         ),
         s.weight_decay,
     )

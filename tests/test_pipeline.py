@@ -15,6 +15,7 @@ from plm_ray.cli import main
 from .conftest import small_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
+LABELED_TEXTS = ["the plot was thin", "an ordinary film", "a moving story", "the acting was wooden", "it was fun"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_pretrain_then_sweep_writes_store_layout(tmp_path: Path):
     store, run = pipeline.start_run(cfg, ["pretrain", "sweep"], resume=False, overwrite=False)
     pipeline.pretrain(cfg, store, run)
     sweep = pipeline.sweep(cfg, store, run)
-    summary = pipeline.write_summary(cfg, store, run)
+    summary = pipeline.finish(cfg, store, run)
     root = tmp_path / "full"
     assert json.loads((root / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert {"steps", "tokens", "tokens_per_second", "wall_seconds", "final_loss", "eval_loss", "export"} <= set(
@@ -87,6 +88,33 @@ def test_pretrain_then_sweep_writes_store_layout(tmp_path: Path):
     random_cfg = small_config(tmp_path, "full", "sweep.model=random", "sweep.name=sweep-random")
     baseline = pipeline.sweep(random_cfg, store, run)
     assert baseline["model"] == "random" and (root / "sweep-random" / "best_model" / "config.json").is_file()
+
+    # string labels in a quoted CSV with its own column names: the label map travels with the model
+    rows = [f'"{t}, really",{["bad", "fine", "good"][i % 3]}' for i, t in enumerate(LABELED_TEXTS * 20)]
+    (tmp_path / "reviews.csv").write_text("review,verdict\n" + "\n".join(rows) + "\n")
+    labels_cfg = small_config(
+        tmp_path,
+        "full",
+        f"sweep.task={tmp_path / 'reviews.csv'}",
+        "sweep.text_column=review",
+        "sweep.label_column=verdict",
+        "sweep.label_map=true",
+        "sweep.name=sweep-labels",
+    )
+    pipeline.sweep(labels_cfg, store, run)
+    labeled = AutoModelForSequenceClassification.from_pretrained(root / "sweep-labels" / "best_model")
+    assert labeled.config.id2label == {0: "bad", 1: "fine", 2: "good"}
+    assert labeled.config.label2id == {"bad": 0, "fine": 1, "good": 2}
+
+    # the report: every sweep's table, the accuracy-vs-LR plots and the loss curve
+    pipeline.finish(cfg, store, run)
+    report = (root / "report" / "report.md").read_text()
+    for name in ("sweep", "sweep-random", "sweep-labels"):
+        assert f"## Sweep `{name}`" in report and f"]({name}_accuracy.png)" in report
+        assert (root / "report" / f"{name}_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (root / "report" / "pretrain_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report.count("| ★ |") == 3 and "0.00e+00" not in report
+    assert main(["report", "full", "--root", str(tmp_path)]) == 0
 
 
 def test_sweep_bad_checkpoint_and_block_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
+from benchmarks.common import TreeMonitor
 from plm_ray import checkpoints, pipeline
 from plm_ray.store import Store
 
@@ -301,35 +302,6 @@ def test_sweep_driver_killed_then_resumed_keeps_finished_trials(tmp_path: Path, 
     assert all(int(r["epochs_run"]) >= 1 for r in rows)
 
 
-class _PeakMemory:
-    """Peak summed PSS of this process and every process below it (the Ray cluster), and when."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_full_info().pss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            self.samples.append((time.time(), total))
-            self._stop.wait(1.0)
-
-    def __enter__(self) -> _PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def test_sixteen_trials_on_two_cpus_queue_and_all_complete(tmp_path: Path, reference):
     ref = reference(2)
     export = ref["root"] / ref["run"] / "pretrain" / "export"
@@ -338,7 +310,7 @@ def test_sixteen_trials_on_two_cpus_queue_and_all_complete(tmp_path: Path, refer
         tmp_path, "load", f"sweep.model={export}", f"sweep.learning_rates={rates}", "sweep.max_concurrent_trials=2"
     )
     store, run = pipeline.start_run(cfg, ["sweep"], resume=False, overwrite=False)
-    with _PeakMemory() as memory:
+    with TreeMonitor(os.getpid(), memory=True) as memory:  # this process and the Ray cluster below it
         result = pipeline.sweep(cfg, store, run)
     assert len(result["trials"]) == 16 and all(t["status"] == "OK" for t in result["trials"])
     spans = []
@@ -352,7 +324,6 @@ def test_sixteen_trials_on_two_cpus_queue_and_all_complete(tmp_path: Path, refer
     start, end = memory.samples[0][0], memory.samples[-1][0]
     first = max(m for t, m in memory.samples if t < start + (end - start) / 4)
     last = max(m for t, m in memory.samples if t > end - (end - start) / 4)
-    peak = max(m for _, m in memory.samples)
-    gib = 2**30
-    print(f"16-trial sweep: peak PSS {peak / gib:.2f} GiB (first quarter {first / gib:.2f}, last {last / gib:.2f})")
+    peak, first_gib, last_gib = memory.peak / 2**30, first / 2**30, last / 2**30
+    print(f"16-trial sweep: peak PSS {peak:.2f} GiB (first quarter {first_gib:.2f}, last {last_gib:.2f})")
     assert last <= 1.25 * first + 256 * 2**20, (first, last)

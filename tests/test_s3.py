@@ -52,7 +52,7 @@ def test_pretrain_and_sweep_with_the_store_on_s3(s3: str, capfd: pytest.CaptureF
     store, run = pipeline.start_run(cfg, ["pretrain", "sweep"], resume=False, overwrite=False)
     pipeline.pretrain(cfg, store, run)
     sweep = pipeline.sweep(cfg, store, run)
-    pipeline.write_summary(cfg, store, run)
+    pipeline.finish(cfg, store, run)
     objects = _objects(s3)
     keys = set(objects)
     prefix = "runs/s3run/"
