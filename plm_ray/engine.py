@@ -65,7 +65,8 @@ def deepspeed_config(
     hidden_size: int,
     autocast: bool,
 ) -> dict[str, Any]:
-    warmup = min(warmup_steps, max(total_steps - 1, 0))
+    # DeepSpeed's schedulers refuse 0 warm-up steps; one step at lr 0 is what warm-up costs anyway
+    warmup = max(1, min(warmup_steps, total_steps - 1))
     scheduler = (
         {
             "type": "WarmupCosineLR",

@@ -90,7 +90,8 @@ def test_pretrain_then_sweep_writes_store_layout(tmp_path: Path):
     assert baseline["model"] == "random" and (root / "sweep-random" / "best_model" / "config.json").is_file()
 
     # string labels in a quoted CSV with its own column names: the label map travels with the model
-    rows = [f'"{t}, really",{["bad", "fine", "good"][i % 3]}' for i, t in enumerate(LABELED_TEXTS * 20)]
+    # distinct texts, so the content-hash hold-out has rows to pick from
+    rows = [f'"{t}, really {i}",{["bad", "fine", "good"][i % 3]}' for i, t in enumerate(LABELED_TEXTS * 20)]
     (tmp_path / "reviews.csv").write_text("review,verdict\n" + "\n".join(rows) + "\n")
     labels_cfg = small_config(
         tmp_path,
