@@ -6,7 +6,7 @@ that attends to position i±1 drives the loss far below ln(vocab), and one that 
 
     python -m benchmarks.plateau [--steps 1000]
 
-Prints the mean MLM loss every 200 steps for each head (lower is learning; ln(vocab) is chance).
+Prints the mean MLM loss every 200 steps for each head (chance is ln of the number of token ids drawn).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from transformers import BertForMaskedLM
 
 from benchmarks.common import table
 from plm_ray.config import ModelSection
@@ -31,24 +32,27 @@ def twin_batch(generator: torch.Generator) -> torch.Tensor:
     return half.repeat_interleave(2, dim=1)
 
 
-def heads(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """Hidden states -> logits. `bert`: the checkpoint's head (dense, GELU, LayerNorm, tied decoder);
-    the others drop parts of its transform and keep the tied decoder and its bias."""
-    prediction = model.cls.predictions
-    transform, embedding = prediction.transform, model.bert.embeddings.word_embeddings.weight
-    return {
-        "bert (dense+GELU+LayerNorm)": prediction,
-        "dense+GELU, no LayerNorm": lambda h: (
-            transform.transform_act_fn(transform.dense(h)) @ embedding.T + prediction.bias
-        ),
-        "tied decoder only": lambda h: h @ embedding.T + prediction.bias,
-    }
+def _dense_gelu(model: BertForMaskedLM, hidden: torch.Tensor) -> torch.Tensor:
+    transform = model.cls.predictions.transform
+    return transform.transform_act_fn(transform.dense(hidden))
+
+
+def _tied_decoder(model: BertForMaskedLM, hidden: torch.Tensor) -> torch.Tensor:
+    return hidden @ model.bert.embeddings.word_embeddings.weight.T + model.cls.predictions.bias
+
+
+# (model, hidden states) -> logits: BERT's own head, then parts of its transform dropped (the tied
+# decoder and its bias stay in every one).
+HEADS: dict[str, Callable[[BertForMaskedLM, torch.Tensor], torch.Tensor]] = {
+    "bert (dense+GELU+LayerNorm)": lambda model, hidden: model.cls(hidden),
+    "dense+GELU, no LayerNorm": lambda model, hidden: _tied_decoder(model, _dense_gelu(model, hidden)),
+    "tied decoder only": _tied_decoder,
+}
 
 
 def train(head_name: str, steps: int, lr: float) -> list[float]:
     torch.manual_seed(0)
     model = build_mlm(ModelSection(preset="tiny", dropout=0.0), VOCAB, SEQ, pad_id=0, attention="eager")
-    head = heads(model)[head_name]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
     generator = torch.Generator().manual_seed(0)
     losses, means = [], []
@@ -56,7 +60,7 @@ def train(head_name: str, steps: int, lr: float) -> list[float]:
         ids = twin_batch(generator)
         selected = torch.rand(ids.shape, generator=generator) < 0.15
         hidden = model.bert(input_ids=torch.where(selected, MASK_ID, ids)).last_hidden_state
-        loss = F.cross_entropy(head(hidden[selected]), ids[selected])
+        loss = F.cross_entropy(HEADS[head_name](model, hidden[selected]), ids[selected])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -73,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
-    for name in heads(build_mlm(ModelSection(preset="tiny"), VOCAB, SEQ, pad_id=0)):
+    for name in HEADS:
         started = time.time()
         means = train(name, args.steps, args.lr)
         rows.append([name, *(f"{m:.2f}" for m in means), f"{time.time() - started:.0f}"])
