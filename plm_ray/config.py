@@ -66,7 +66,7 @@ class MaskingSection:
 
 @dataclass
 class ModelSection:
-    arch: str = "bert"  # bert | roberta
+    arch: str = "bert"  # bert | roberta | xlm (BERT's encoder, MLM head only the tied decoder: model.py)
     preset: str = "tiny"  # tiny | mini | small | medium | base | large
     init_from: str = ""  # existing MLM checkpoint (path, store URI or HF name) to continue from
     num_layers: int = 0  # 0: from the preset
@@ -75,7 +75,7 @@ class ModelSection:
     intermediate_size: int = 0
     max_positions: int = 0  # 0: data.block_size
     dropout: float = -1.0  # < 0: the preset's 0.1
-    attention: str = "auto"  # auto (sdpa on GPU, eager on CPU: measured faster there) | sdpa | eager
+    attention: str = "auto"  # auto (GPU: sdpa where the model has it; CPU: eager, measured faster) | sdpa | eager
 
 
 @dataclass
@@ -256,7 +256,7 @@ def validate(cfg: Config) -> None:
         k.mask_fraction,
         "mask_fraction + random_fraction must lie in [0, 1]",
     )
-    _check(m.arch in ("bert", "roberta"), "model.arch", m.arch, "must be bert or roberta")
+    _check(m.arch in ("bert", "roberta", "xlm"), "model.arch", m.arch, "must be bert, roberta or xlm")
     _check(m.attention in ("auto", "sdpa", "eager"), "model.attention", m.attention, "must be auto, sdpa or eager")
     from plm_ray.model import PRESETS  # local import: model pulls in torch
 

@@ -16,6 +16,7 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     RobertaConfig,
+    XLMConfig,
 )
 
 from plm_ray.config import ConfigError, ModelSection
@@ -29,6 +30,11 @@ PRESETS = {
     "base": (12, 768, 12, 3072),
     "large": (24, 1024, 16, 4096),
 }
+# The config keys of hidden and attention dropout, by model type (BERT's names for every other type)
+DROPOUT_KEYS = {
+    "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "xlm": ("dropout", "attention_dropout"),
+}
 VOCAB_MULTIPLE = 64  # embedding and MLM-decoder matmuls run faster on multiples of 64
 
 
@@ -38,22 +44,50 @@ def padded_vocab(n_tokens: int) -> int:
 
 def build_config(cfg: ModelSection, n_tokens: int, block_size: int, pad_id: int) -> PretrainedConfig:
     layers, hidden, heads, inter = PRESETS[cfg.preset]
+    layers, hidden = cfg.num_layers or layers, cfg.hidden_size or hidden
+    heads, inter = cfg.num_heads or heads, cfg.intermediate_size or inter
     dropout = 0.1 if cfg.dropout < 0 else cfg.dropout
+    positions = cfg.max_positions or block_size
+    if cfg.arch == "xlm":
+        return _xlm_config(padded_vocab(n_tokens), layers, hidden, heads, inter, dropout, positions, pad_id)
     common = dict(
         vocab_size=padded_vocab(n_tokens),
-        num_hidden_layers=cfg.num_layers or layers,
-        hidden_size=cfg.hidden_size or hidden,
-        num_attention_heads=cfg.num_heads or heads,
-        intermediate_size=cfg.intermediate_size or inter,
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        intermediate_size=inter,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
         pad_token_id=pad_id,
         type_vocab_size=1,
     )
-    positions = cfg.max_positions or block_size
     if cfg.arch == "roberta":  # RoBERTa offsets positions by pad_id + 1
         return RobertaConfig(max_position_embeddings=positions + pad_id + 1, **common)
     return BertConfig(max_position_embeddings=positions, **common)
+
+
+def _xlm_config(
+    vocab: int, layers: int, hidden: int, heads: int, inter: int, dropout: float, positions: int, pad_id: int
+) -> XLMConfig:
+    """XLM's encoder is BERT's post-LayerNorm one, but its MLM head is only the tied decoder and a bias.
+    With BERT's head (dense, GELU, LayerNorm) a fresh model never learns benchmarks/plateau.py's
+    neighbour-copy task, with this one it does, and on real text its loss falls faster (RESULTS.md).
+    XLM fixes the feed-forward width at 4 x hidden."""
+    if inter != 4 * hidden:
+        raise ConfigError(f"model.intermediate_size = {inter}: arch xlm needs 4 x hidden_size = {4 * hidden}")
+    return XLMConfig(
+        vocab_size=vocab,
+        emb_dim=hidden,
+        n_layers=layers,
+        n_heads=heads,
+        dropout=dropout,
+        attention_dropout=dropout,
+        n_langs=1,
+        use_lang_emb=False,
+        max_position_embeddings=positions,
+        pad_token_id=pad_id,
+        embed_init_std=0.02,  # BERT's; XLM's default hidden**-0.5 stalls too (benchmarks/plateau.py)
+    )
 
 
 def max_sequence(config: PretrainedConfig) -> int:
@@ -61,27 +95,32 @@ def max_sequence(config: PretrainedConfig) -> int:
     return config.max_position_embeddings - offset
 
 
-def check_positions(location: str | Path, block_size: int) -> None:
-    """Refuse a block length the checkpoint's position embeddings cannot hold."""
+def load_config(location: str | Path) -> PretrainedConfig:
     try:
-        config = AutoConfig.from_pretrained(str(location))
+        return AutoConfig.from_pretrained(str(location))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"not a loadable Hugging Face checkpoint: {location} ({str(exc).splitlines()[0]})") from exc
+
+
+def check_positions(location: str | Path, block_size: int) -> None:
+    """Refuse a block length the checkpoint's position embeddings cannot hold."""
+    config = load_config(location)
     if block_size > max_sequence(config):
         raise ConfigError(
             f"data.block_size = {block_size} is larger than the {max_sequence(config)} positions of model {location}"
         )
 
 
-def attention_implementation(requested: str, use_gpu: bool) -> str:
-    """PyTorch SDPA on GPUs; on CPU the eager attention trains ~15 % faster here (the CPU flash
-    kernel's backward is slow at BERT's head sizes; see BENCHMARKS.md)."""
+def attention_implementation(requested: str, use_gpu: bool) -> str | None:
+    """On GPUs None, transformers' default: PyTorch SDPA where the architecture has it (XLM has not:
+    eager). On CPU eager, which trains ~15 % faster here (the CPU flash kernel's backward is slow at
+    BERT's head sizes; see BENCHMARKS.md)."""
     if requested != "auto":
         return requested
-    return "sdpa" if use_gpu else "eager"
+    return None if use_gpu else "eager"
 
 
-def _load(kind: type, location: str | Path, attention: str, **kwargs: object) -> PreTrainedModel:
+def _load(kind: type, location: str | Path, attention: str | None, **kwargs: object) -> PreTrainedModel:
     try:
         return kind.from_pretrained(str(location), attn_implementation=attention, **kwargs)
     except (OSError, ValueError) as exc:
@@ -94,7 +133,7 @@ def build_mlm(
     block_size: int,
     pad_id: int,
     init_dir: Path | None = None,
-    attention: str = "sdpa",
+    attention: str | None = None,
 ) -> PreTrainedModel:
     """A fresh model from the preset, or an existing checkpoint to continue pre-training."""
     if init_dir is not None:
@@ -121,7 +160,7 @@ def build_classifier(
     id2label: dict[int, str],
     random_like: PretrainedConfig | None = None,
     dropout: float = -1.0,
-    attention: str = "sdpa",
+    attention: str | None = None,
 ) -> PreTrainedModel:
     """From a pre-trained checkpoint, or (location None) a random init with `random_like`'s shape;
     `dropout` >= 0 replaces the checkpoint's hidden and attention dropout."""
@@ -131,7 +170,8 @@ def build_classifier(
         "label2id": {v: k for k, v in id2label.items()},
     }
     if dropout >= 0:
-        overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+        config = random_like if location is None else load_config(location)
+        overrides.update(dict.fromkeys(DROPOUT_KEYS.get(config.model_type, DROPOUT_KEYS["bert"]), dropout))
     if location is None:
         assert random_like is not None
         config = type(random_like).from_dict({**random_like.to_dict(), **overrides})
@@ -140,6 +180,8 @@ def build_classifier(
 
 
 def _mlm_head(model: PreTrainedModel) -> torch.nn.Module:
+    if model.config.model_type == "xlm":
+        return model.pred_layer.proj
     return model.cls if hasattr(model, "cls") else model.lm_head
 
 

@@ -19,6 +19,7 @@ import ray
 import torch
 import transformers
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
 from plm_ray.config import Config, ConfigError, from_dict
@@ -184,6 +185,11 @@ def search_space(cfg: Config) -> tuple[dict[str, Any], int]:
     )
 
 
+def trial_dirname(trial: Trial) -> str:
+    """Ray's default name rounds the rate to 4 decimals, so a 5e-05 trial reads learning_rate=0.0001."""
+    return f"{trial.trial_id}_lr={trial.config['learning_rate']:.3g}_bs={trial.config['batch_size']}"
+
+
 def run_sweep(
     cfg: Config, store: Store, run: str, model: str, random_like: str, labels: dict[str, Any]
 ) -> dict[str, Any]:
@@ -216,6 +222,7 @@ def run_sweep(
                 mode="max",
                 num_samples=samples,
                 max_concurrent_trials=s.max_concurrent_trials,
+                trial_dirname_creator=trial_dirname,
                 # "epoch", not Tune's iteration count: a trial restarted by a restore counts from 1 again
                 scheduler=ASHAScheduler(time_attr="epoch", max_t=s.epochs, grace_period=s.grace_period),
             ),

@@ -1,4 +1,4 @@
-"""Model presets and the sparse MLM head for both architectures."""
+"""Model presets, the sparse MLM head for every architecture, and classifiers built from them."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from plm_ray.config import ConfigError, ModelSection
-from plm_ray.model import PRESETS, SparseMLM, build_mlm, check_positions
+from plm_ray.model import PRESETS, SparseMLM, build_classifier, build_mlm, check_positions
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "xlm"])
 def test_sparse_head_equals_dense_loss_at_full_block_length(arch: str):
     model = build_mlm(ModelSection(arch=arch, preset="tiny", dropout=0.0), n_tokens=1000, block_size=48, pad_id=0)
     assert model.config.vocab_size % 64 == 0 and model.config.vocab_size >= 1000
@@ -37,3 +37,13 @@ def test_block_longer_than_checkpoint_positions(tmp_path: Path):
         check_positions(tmp_path, 64)
     with pytest.raises(ConfigError, match="is larger than the model's 32 positions"):
         build_mlm(ModelSection(preset="tiny"), 500, 64, 0, init_dir=tmp_path)
+
+
+def test_xlm_head_is_the_tied_decoder_and_its_classifier_takes_the_dropout(tmp_path: Path):
+    model = build_mlm(ModelSection(arch="xlm", preset="tiny"), 500, 32, 0)
+    assert model.pred_layer.proj.weight is model.transformer.embeddings.weight
+    model.save_pretrained(tmp_path)
+    classifier = build_classifier(tmp_path, 3, {0: "a", 1: "b", 2: "c"}, dropout=0.0)
+    assert (classifier.config.dropout, classifier.config.attention_dropout, classifier.config.num_labels) == (0, 0, 3)
+    with pytest.raises(ConfigError, match="arch xlm needs 4 x hidden_size = 512"):
+        build_mlm(ModelSection(arch="xlm", preset="tiny", intermediate_size=256), 500, 32, 0)

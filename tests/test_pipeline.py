@@ -28,12 +28,15 @@ def repeated_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("stage", [0, 2, 3])
-def test_two_workers_train_and_export_under_every_zero_stage(tmp_path: Path, repeated_corpus: Path, stage: int):
+@pytest.mark.parametrize(("stage", "arch"), [(0, "bert"), (2, "bert"), (3, "bert"), (3, "xlm")])
+def test_two_workers_train_and_export_under_every_zero_stage(
+    tmp_path: Path, repeated_corpus: Path, stage: int, arch: str
+):
     cfg = small_config(
         tmp_path,
         f"zero{stage}",
         f"pretrain.zero_stage={stage}",
+        f"model.arch={arch}",
         f"data.corpus={repeated_corpus}",
         "data.eval_fraction=0.3",
         "pretrain.max_steps=12",
@@ -72,6 +75,7 @@ def test_pretrain_then_sweep_writes_store_layout(tmp_path: Path):
     assert len(trials) == 2 and {t["learning_rate"] for t in trials} == {0.0005, 0.002}
     for t in trials:
         assert 0 <= t["accuracy"] <= 1 and 0 <= t["macro_f1"] <= 1 and Path(t["checkpoint"]).is_dir()
+        assert t["trial_id"].endswith(f"_lr={t['learning_rate']:.3g}_bs=32"), t["trial_id"]
     with open(root / "sweep" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(r["checkpoint"] for r in rows)
