@@ -265,7 +265,7 @@ def _trial_states(sweep_dir: Path) -> dict[str, str]:
 def _trial_reports(sweep_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """trial folder -> every result the trial reported (Tune's result.json, one line per report)."""
     reports = {}
-    for log in sweep_dir.glob("finetune_trial_*/result.json"):
+    for log in sweep_dir.glob("*_lr=*/result.json"):
         reports[log.parent.name] = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     return reports
 
