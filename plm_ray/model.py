@@ -169,14 +169,14 @@ def build_classifier(
         "id2label": id2label,
         "label2id": {v: k for k, v in id2label.items()},
     }
+    base = random_like if location is None else load_config(location)
+    assert base is not None
     if dropout >= 0:
-        config = random_like if location is None else load_config(location)
-        overrides.update(dict.fromkeys(DROPOUT_KEYS.get(config.model_type, DROPOUT_KEYS["bert"]), dropout))
+        overrides.update(dict.fromkeys(DROPOUT_KEYS.get(base.model_type, DROPOUT_KEYS["bert"]), dropout))
+    config = type(base).from_dict({**base.to_dict(), **overrides})
     if location is None:
-        assert random_like is not None
-        config = type(random_like).from_dict({**random_like.to_dict(), **overrides})
         return AutoModelForSequenceClassification.from_config(config, attn_implementation=attention)
-    return _load(AutoModelForSequenceClassification, location, attention, **overrides)
+    return _load(AutoModelForSequenceClassification, location, attention, config=config)
 
 
 def _mlm_head(model: PreTrainedModel) -> torch.nn.Module:
