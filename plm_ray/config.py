@@ -66,7 +66,7 @@ class MaskingSection:
 
 @dataclass
 class ModelSection:
-    arch: str = "bert"  # bert | roberta | xlm (BERT's encoder, MLM head only the tied decoder: model.py)
+    arch: str = "bert"  # bert | roberta | xlm | convbert (model.py says how they differ)
     preset: str = "tiny"  # tiny | mini | small | medium | base | large
     init_from: str = ""  # existing MLM checkpoint (path, store URI or HF name) to continue from
     num_layers: int = 0  # 0: from the preset
@@ -256,9 +256,10 @@ def validate(cfg: Config) -> None:
         k.mask_fraction,
         "mask_fraction + random_fraction must lie in [0, 1]",
     )
-    _check(m.arch in ("bert", "roberta", "xlm"), "model.arch", m.arch, "must be bert, roberta or xlm")
+    from plm_ray.model import ARCHS, PRESETS  # local import: model pulls in torch
+
+    _check(m.arch in ARCHS, "model.arch", m.arch, f"must be one of {', '.join(ARCHS)}")
     _check(m.attention in ("auto", "sdpa", "eager"), "model.attention", m.attention, "must be auto, sdpa or eager")
-    from plm_ray.model import PRESETS  # local import: model pulls in torch
 
     _check(m.preset in PRESETS, "model.preset", m.preset, f"must be one of {', '.join(PRESETS)}")
     if m.max_positions:

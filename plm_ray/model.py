@@ -1,5 +1,5 @@
-"""Stage 5, model: BERT / RoBERTa masked-LM and classifier built with `transformers`, plus the thin
-wrappers the shared engine trains (each returns a dict with `loss`)."""
+"""Stage 5, model: BERT / RoBERTa / XLM / ConvBERT masked-LM and classifier built with `transformers`,
+plus the thin wrappers the shared engine trains (each returns a dict with `loss`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     BertConfig,
+    ConvBertConfig,
     PretrainedConfig,
     PreTrainedModel,
     RobertaConfig,
@@ -30,6 +31,7 @@ PRESETS = {
     "base": (12, 768, 12, 3072),
     "large": (24, 1024, 16, 4096),
 }
+ARCHS = ("bert", "roberta", "xlm", "convbert")
 # The config keys of hidden and attention dropout, by model type (BERT's names for every other type)
 DROPOUT_KEYS = {
     "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
@@ -63,6 +65,11 @@ def build_config(cfg: ModelSection, n_tokens: int, block_size: int, pad_id: int)
     )
     if cfg.arch == "roberta":  # RoBERTa offsets positions by pad_id + 1
         return RobertaConfig(max_position_embeddings=positions + pad_id + 1, **common)
+    if cfg.arch == "convbert":
+        # Half the heads become span-based convolutions over 9 neighbours. They see word order from the
+        # first step; BERT's and XLM's learned positions stay unused for the whole 2-hour budget on the
+        # Wikipedia shards (RESULTS.md: loss with shuffled tokens equals loss in order).
+        return ConvBertConfig(max_position_embeddings=positions, embedding_size=hidden, head_ratio=2, **common)
     return BertConfig(max_position_embeddings=positions, **common)
 
 
@@ -182,6 +189,8 @@ def build_classifier(
 def _mlm_head(model: PreTrainedModel) -> torch.nn.Module:
     if model.config.model_type == "xlm":
         return model.pred_layer.proj
+    if model.config.model_type == "convbert":
+        return torch.nn.Sequential(model.generator_predictions, model.generator_lm_head)
     return model.cls if hasattr(model, "cls") else model.lm_head
 
 

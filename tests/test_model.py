@@ -12,7 +12,7 @@ from plm_ray.config import ConfigError, ModelSection
 from plm_ray.model import PRESETS, SparseMLM, build_classifier, build_mlm, check_positions
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "xlm"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "xlm", "convbert"])
 def test_sparse_head_equals_dense_loss_at_full_block_length(arch: str):
     model = build_mlm(ModelSection(arch=arch, preset="tiny", dropout=0.0), n_tokens=1000, block_size=48, pad_id=0)
     assert model.config.vocab_size % 64 == 0 and model.config.vocab_size >= 1000
@@ -47,3 +47,27 @@ def test_xlm_head_is_the_tied_decoder_and_its_classifier_takes_the_dropout(tmp_p
     assert (classifier.config.dropout, classifier.config.attention_dropout, classifier.config.num_labels) == (0, 0, 3)
     with pytest.raises(ConfigError, match="arch xlm needs 4 x hidden_size = 512"):
         build_mlm(ModelSection(arch="xlm", preset="tiny", intermediate_size=256), 500, 32, 0)
+
+
+@pytest.mark.parametrize("arch", ["bert", "convbert"])
+def test_only_convbert_sees_word_order_without_position_embeddings(tmp_path: Path, arch: str):
+    """The reason for the arch. With the position embeddings zeroed, swapping tokens 10 and 11 leaves
+    every other output of BERT as it was (attention alone is blind to order). ConvBERT's 9-wide
+    convolutions see it at once: tokens 6 and 15 have only one of the two in their window."""
+    torch.manual_seed(0)
+    model = build_mlm(ModelSection(arch=arch, preset="tiny", dropout=0.0), 500, 32, 0).eval()
+    embeddings = model.base_model.embeddings
+    with torch.no_grad():
+        embeddings.position_embeddings.weight.zero_()
+        ids = torch.randint(5, 500, (1, 32))
+        swapped = ids.clone()
+        swapped[0, [10, 11]] = ids[0, [11, 10]]
+        out, out_swapped = (model.base_model(input_ids=x).last_hidden_state[0] for x in (ids, swapped))
+    changed = (out - out_swapped).abs().amax(-1)[[6, 15]]
+    assert bool((changed > 1e-3).all() if arch == "convbert" else (changed < 1e-4).all()), changed
+    if arch == "bert":
+        return
+    assert model.generator_lm_head.weight is embeddings.word_embeddings.weight
+    model.save_pretrained(tmp_path)
+    classifier = build_classifier(tmp_path, 2, {0: "neg", 1: "pos"}, dropout=0.0)
+    assert (classifier.config.hidden_dropout_prob, classifier.config.model_type) == (0, "convbert")

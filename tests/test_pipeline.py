@@ -28,7 +28,7 @@ def repeated_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("stage", "arch"), [(0, "bert"), (2, "bert"), (3, "bert"), (3, "xlm")])
+@pytest.mark.parametrize(("stage", "arch"), [(0, "bert"), (2, "bert"), (3, "bert"), (3, "xlm"), (2, "convbert")])
 def test_two_workers_train_and_export_under_every_zero_stage(
     tmp_path: Path, repeated_corpus: Path, stage: int, arch: str
 ):
