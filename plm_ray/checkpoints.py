@@ -46,9 +46,7 @@ def checkpoint_name(step: int, attempt: str) -> str:
 
 
 def write_manifest(directory: Path, rank: int, world_size: int, step: int) -> None:
-    files = {
-        p.relative_to(directory).as_posix(): p.stat().st_size for p in sorted(directory.rglob("*")) if p.is_file()
-    }
+    files = {p.relative_to(directory).as_posix(): p.stat().st_size for p in sorted(directory.rglob("*")) if p.is_file()}
     manifest = {"rank": rank, "world_size": world_size, "step": step, "files": files}
     (directory / MANIFEST.format(rank=rank)).write_text(json.dumps(manifest, indent=1))
 

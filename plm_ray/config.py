@@ -95,6 +95,9 @@ class PretrainSection:
     schedule: str = "linear"  # linear | cosine
     max_steps: int = 1000  # optimizer steps; 0: run `epochs` epochs
     epochs: int = 1
+    # > 0: minutes of training (from the first step, evaluations and checkpoints included); the LR
+    # schedule follows time or steps, whichever is further along, and training ends at either limit
+    budget_minutes: float = 0.0
     grad_clip: float = 1.0
     log_every_steps: int = 50
     eval_every_steps: int = 0  # 0: only at the end
@@ -125,6 +128,7 @@ class SweepSection:
     num_samples: int = 4
     batch_sizes: list[int] = field(default_factory=lambda: [32])
     epochs: int = 3
+    evals_per_epoch: int = 1  # validation + checkpoint points per epoch; the best one is kept
     max_length: int = 128
     dropout: float = -1.0  # < 0: the checkpoint's own (pre-training often runs without; fine-tuning wants ~0.1)
     warmup_ratio: float = 0.1
@@ -289,6 +293,7 @@ def validate(cfg: Config) -> None:
         "batch and accumulation must be >= 1",
     )
     _check(p.max_steps > 0 or p.epochs > 0, "pretrain.max_steps", p.max_steps, "set max_steps or epochs > 0")
+    _check(p.budget_minutes >= 0, "pretrain.budget_minutes", p.budget_minutes, "must be >= 0 (0: no time limit)")
     _check(p.max_failures >= 0, "pretrain.max_failures", p.max_failures, "must be >= 0")
     _check(p.keep_checkpoints >= 1, "pretrain.keep_checkpoints", p.keep_checkpoints, "must be >= 1")
     _check(s.lr_space in ("grid", "loguniform"), "sweep.lr_space", s.lr_space, "must be grid or loguniform")
@@ -298,6 +303,7 @@ def validate(cfg: Config) -> None:
         _check(lr > 0, "sweep.learning_rates", lr, "learning rate must be > 0")
     _check(s.lr_min < s.lr_max, "sweep.lr_min", s.lr_min, "must be below sweep.lr_max")
     _check(s.epochs >= 1, "sweep.epochs", s.epochs, "must be >= 1")
+    _check(s.evals_per_epoch >= 1, "sweep.evals_per_epoch", s.evals_per_epoch, "must be >= 1")
     _check(
         all(b >= 1 for b in s.batch_sizes) and bool(s.batch_sizes), "sweep.batch_sizes", s.batch_sizes, "must be >= 1"
     )

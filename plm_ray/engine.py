@@ -135,10 +135,16 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(preferred: int = 0) -> int:
+    """`preferred` if it is free on 127.0.0.1, else a port the system picks."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
 
 
 def ensure_process_group(use_gpu: bool) -> None:
@@ -148,7 +154,7 @@ def ensure_process_group(use_gpu: bool) -> None:
         return
     for key, value in (
         ("MASTER_ADDR", "127.0.0.1"),
-        ("MASTER_PORT", str(_free_port())),
+        ("MASTER_PORT", str(free_port())),
         ("RANK", "0"),
         ("LOCAL_RANK", "0"),
         ("WORLD_SIZE", "1"),
@@ -203,11 +209,15 @@ class Engine:
     def learning_rate(self) -> float:
         return float(self.engine.get_lr()[0])
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def train_step(
+        self, batch: dict[str, torch.Tensor], schedule_position: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One micro-step. `schedule_position` sets where DeepSpeed's LR schedule stands after it (a
+        time budget moves it by time); None lets DeepSpeed count optimizer steps."""
         self.engine.train()
         out = self.engine(**batch)
         self.engine.backward(out["loss"])
-        self.engine.step()
+        self.engine.step(lr_kwargs=None if schedule_position is None else {"last_batch_iteration": schedule_position})
         return out
 
     @torch.no_grad()

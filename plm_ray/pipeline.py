@@ -27,6 +27,7 @@ from plm_ray.data.corpus import read_corpus
 from plm_ray.data.labeled import prepare_labeled, read_labeled
 from plm_ray.data.packing import packed_blocks
 from plm_ray.data.tokenizer import load_tokenizer, prepare_tokenizer
+from plm_ray.engine import free_port
 from plm_ray.model import build_config, check_positions
 from plm_ray.pretrain import check_resources, run_pretraining
 from plm_ray.report import write_report
@@ -36,13 +37,24 @@ from plm_ray.sweep import check_trial_resources, run_sweep
 EMBEDDED = {"corpus": "corpus", "train": "train.tsv", "dev": "dev.tsv"}
 
 
-def ensure_ray() -> None:
+def ensure_ray(num_cpus: int | None = None) -> None:
     """Join the cluster in RAY_ADDRESS (set by `ray job submit`; `auto` finds one started with
     `ray start`), else start a local one whose dashboard and job server listen on 127.0.0.1 only.
     Not guessing avoids hanging on a stale address that a stopped `ray start` leaves behind."""
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or "local"
-        local = {"dashboard_host": "127.0.0.1"} if address == "local" else {}
+        local: dict[str, Any] = {}
+        if address == "local":
+            port = free_port(preferred=8265)
+            local = {
+                "dashboard_host": "127.0.0.1",
+                "dashboard_port": port,
+                "num_cpus": num_cpus,
+                # Ray Train's placement-group cleaner asks the State API whether a run's controller is
+                # alive. Unpinned, that API goes to the cluster of this machine's last `ray start`, finds
+                # no such controller there, and quits or removes the live run's workers.
+                "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+            }
         ray.init(address=address, logging_level="WARNING", **local)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
@@ -156,6 +168,8 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         "tokens": metrics["tokens"],
         "tokens_per_second": metrics["tokens_per_second"],
         "wall_seconds": metrics["wall_seconds"],
+        "train_seconds": metrics["train_seconds"],  # all attempts' training time: what a budget limits
+        "stopped_by": metrics["stopped_by"],
         # from the command's start (this process) to the first optimizer step
         "startup_seconds": metrics["first_step_unix"] - psutil.Process().create_time(),
         "final_loss": metrics["loss"],
@@ -244,7 +258,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if "pretrain" in summary:
         p = summary["pretrain"]
         lines.append(
-            f"pretrain: {p['steps']} steps, {p['tokens']:,} tokens, {p['tokens_per_second']:,.0f} tok/s, "
+            f"pretrain: {p['steps']} steps (stopped by {p.get('stopped_by', 'max_steps')}), {p['tokens']:,} tokens, "
+            f"{p['tokens_per_second']:,.0f} tok/s, "
             f"final loss {p['final_loss']:.3f}, eval loss {p['eval_loss']:.3f}, "
             f"start-up {p.get('startup_seconds', float('nan')):.0f}s, export {p['export']}"
         )
@@ -254,7 +269,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         for t in s["trials"]:
             mark = " *" if t.get("checkpoint") == s["best"]["trial_checkpoint"] else ""
             lines.append(
-                f"{t['learning_rate']:>14.2e} {t['batch_size']:>6} {t.get('epochs_run', 0):>6} "
+                f"{t['learning_rate']:>14.2e} {t['batch_size']:>6} {t.get('epochs_run', 0):>6g} "
                 f"{t.get('accuracy', float('nan')):>9.4f} {t.get('macro_f1', float('nan')):>9.4f}{mark}"
             )
         b = s["best"]

@@ -27,6 +27,7 @@ from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, R
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from plm_ray import checkpoints
+from plm_ray.budget import Budget
 from plm_ray.config import Config, ConfigError, from_dict
 from plm_ray.data.masking import MaskingTables, mask_tokens
 from plm_ray.data.tokenizer import load_tokenizer
@@ -160,7 +161,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         n_params = sum(getattr(t, "ds_numel", t.numel()) for t in model.parameters())  # ZeRO-3 shards params
         log.info(
             f"[pretrain] {world} worker(s), ZeRO-{p.zero_stage}, {precision}"
-            f"{' (autocast)' if engine.autocast else ''}, {n_params / 1e6:.1f}M parameters, {total_steps} steps",
+            f"{' (autocast)' if engine.autocast else ''}, {n_params / 1e6:.1f}M parameters, {total_steps} steps"
+            f"{f' or {p.budget_minutes:g} min, whichever ends first' if p.budget_minutes else ''}",
         )
 
     device = engine.device
@@ -173,6 +175,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         checkpoint directory. All ranks must call report, or the others wait forever."""
         name = checkpoints.checkpoint_name(state["step"], attempt)
         ckpt_dir = workdir / name
+        state["train_seconds"] = budget.spent()
         engine.save(ckpt_dir, state)
         if rank == 0:
             tokenizer.save_pretrained(str(ckpt_dir / "tokenizer"))
@@ -196,7 +199,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     loss_sum, micro_steps, started, start_step = torch.zeros((), device=device), 0, time.time(), state["step"]
     last: dict[str, float] = {}
     first_step_unix = 0.0  # wall clock of this attempt's first optimizer step: start-up cost
-    while state["step"] < total_steps:
+    budget = Budget(p.budget_minutes, total_steps, state.get("train_seconds", 0.0), device)
+    finished = budget.exhausted(state["step"])
+    while not finished:
         batches = shard.iter_torch_batches(
             batch_size=p.batch_size,
             drop_last=True,
@@ -208,7 +213,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 continue  # resuming mid-epoch: skip what the checkpoint already consumed
             torch.manual_seed(micro_step_seed(cfg.run.seed, rank, state["micro_steps"]))  # masks and dropout
             input_ids = batch["input_ids"].to(device, dtype=torch.long, non_blocking=True)
-            out = engine.train_step(mask_tokens(input_ids, tables, cfg.masking))
+            out = engine.train_step(
+                mask_tokens(input_ids, tables, cfg.masking), budget.schedule_position(engine.global_steps)
+            )
             loss_sum += out["loss"].detach()
             micro_steps += 1
             state["micro_steps"] += 1
@@ -217,8 +224,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if engine.global_steps == state["step"]:
                 continue  # inside a gradient-accumulation window
             state["step"] = step = engine.global_steps
+            finished = budget.exhausted(step)
             first_step_unix = first_step_unix or time.time()
-            if step % p.log_every_steps == 0 or step == total_steps:
+            if step % p.log_every_steps == 0 or finished:
                 elapsed = time.time() - started
                 last = {
                     "step": step,
@@ -235,18 +243,18 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 record(
                     last,
                     f"step {step}/{total_steps} loss {last['loss']:.4f} lr {last['lr']:.2e} "
-                    f"tok/s {tokens_per_second:,.0f} ETA {_fmt_eta((total_steps - step) / rate)}",
+                    f"tok/s {tokens_per_second:,.0f} ETA {_fmt_eta(budget.seconds_left(step, rate))}",
                 )
-            if p.eval_every_steps and step % p.eval_every_steps == 0 and step < total_steps:
+            if p.eval_every_steps and step % p.eval_every_steps == 0 and not finished:
                 m = {"step": step, **evaluate(engine)}
                 record(
                     m,
                     f"step {step} eval loss {m['eval_loss']:.4f} ppl {m['eval_perplexity']:.2f} "
                     f"acc {m['eval_accuracy']:.3f}",
                 )
-            if p.checkpoint_every_steps and step % p.checkpoint_every_steps == 0 and step < total_steps:
+            if p.checkpoint_every_steps and step % p.checkpoint_every_steps == 0 and not finished:
                 save_and_report({"step": step, **last})
-            if step >= total_steps:
+            if finished:
                 break
         else:
             state["epoch"] += 1
@@ -257,6 +265,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         "step": state["step"],
         **evaluate(engine),
         "wall_seconds": time.time() - started,
+        "train_seconds": budget.spent(),
+        "stopped_by": "max_steps" if state["step"] >= total_steps else "budget_minutes",
         "first_step_unix": first_step_unix,
         "nodes": _node_count(world),
         "precision": precision,

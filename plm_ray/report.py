@@ -41,15 +41,17 @@ def loss_curve(history: list[dict[str, Any]], title: str) -> bytes:
 
 
 def accuracy_curve(sweep: dict[str, Any], title: str) -> bytes:
-    """Accuracy against learning rate (log axis): one curve per epoch, the best trial starred."""
+    """Accuracy against learning rate (log axis): one curve per epoch (its end-of-epoch evaluation),
+    with several evaluations an epoch one more for each trial's best evaluation; the best trial starred."""
     trials = sorted((t for t in sweep["trials"] if t.get("history")), key=lambda t: t["learning_rate"])
     figure, axis = plt.subplots(figsize=(7, 4))
-    epochs = sorted({int(e["epoch"]) for t in trials for e in t["history"]})
-    for epoch in epochs:
-        points = [
-            (t["learning_rate"], e["accuracy"]) for t in trials for e in t["history"] if int(e["epoch"]) == epoch
-        ]
-        axis.plot(*zip(*points, strict=True), "o-", label=f"epoch {epoch}", alpha=0.85)
+    evaluations = [(t, e) for t in trials for e in t["history"]]
+    for epoch in sorted({e["epoch"] for _, e in evaluations if float(e["epoch"]).is_integer()}):
+        points = [(t["learning_rate"], e["accuracy"]) for t, e in evaluations if e["epoch"] == epoch]
+        axis.plot(*zip(*points, strict=True), "o-", label=f"epoch {epoch:g}", alpha=0.85)
+    if any(not float(e["epoch"]).is_integer() for _, e in evaluations):
+        points = [(t["learning_rate"], max(e["accuracy"] for e in t["history"])) for t in trials]
+        axis.plot(*zip(*points, strict=True), "k^--", label="best evaluation of the trial", alpha=0.7)
     best = sweep["best"]
     axis.plot(best["learning_rate"], best["accuracy"], "*", markersize=18, color="gold", markeredgecolor="black")
     axis.annotate(
@@ -94,8 +96,8 @@ def _sweep_section(name: str, sweep: dict[str, Any]) -> list[str]:
     for t in sorted(sweep["trials"], key=lambda t: t["learning_rate"]):
         mark = "★" if t.get("checkpoint") == best["trial_checkpoint"] else ""
         lines.append(
-            f"| {mark} | {t['learning_rate']:.2e} | {t['batch_size']} | {t.get('epochs_run', 0)} "
-            f"| {t.get('best_epoch', '-')} | {t.get('accuracy', float('nan')):.4f} "
+            f"| {mark} | {t['learning_rate']:.2e} | {t['batch_size']} | {t.get('epochs_run', 0):g} "
+            f"| {t.get('best_epoch', float('nan')):g} | {t.get('accuracy', float('nan')):.4f} "
             f"| {t.get('macro_f1', float('nan')):.4f} | {t['status']} |"
         )
     return [*lines, "", f"![{name}: accuracy against learning rate]({name}_accuracy.png)", ""]

@@ -1,6 +1,7 @@
 """Stage 7, sweep: a Ray Tune search over fine-tuning hyperparameters. Each trial fine-tunes sequence
 classification through the same DeepSpeed engine layer as pre-training, reports accuracy and
-macro-F1 every epoch (ASHA stops weak trials), and checkpoints a loadable Hugging Face model.
+macro-F1 every epoch, or `evals_per_epoch` times an epoch (ASHA stops weak trials; the best point of
+a trial is often inside an epoch), and checkpoints a loadable Hugging Face model at each report.
 An interrupted sweep continues with `Tuner.restore`: finished trials keep their results, the rest
 start again from their first epoch (a trial is seeded, so a restart repeats it exactly)."""
 
@@ -86,7 +87,7 @@ def _batches(
 
 
 def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
-    """One Tune trial: fine-tune, evaluate and checkpoint once per epoch."""
+    """One Tune trial: fine-tune; evaluate and checkpoint `evals_per_epoch` times an epoch."""
     transformers.logging.set_verbosity_error()  # the new head's MISSING/UNEXPECTED report is expected here
     cfg = from_dict(setup["config"])
     s, store, run = cfg.sweep, Store(cfg.store), setup["run"]
@@ -137,18 +138,15 @@ def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
     valid_order = [by_length[i : i + 128] for i in range(0, len(by_length), 128)]
     valid = _batches(v_ids, v_labels, tokenizer.pad_token_id, engine.device, valid_order)
     lengths = [len(x) for x in ids]
-    for epoch in range(1, s.epochs + 1):
-        order = batch_order(lengths, batch_size, rng)
-        losses = [
-            engine.train_step(b)["loss"].detach()
-            for b in _batches(ids, labels, tokenizer.pad_token_id, engine.device, order)
-        ]
+
+    def evaluate_and_report(epoch: float, losses: list[torch.Tensor]) -> None:
+        """Accuracy and macro-F1 on the validation rows, a loadable checkpoint, one Tune report."""
         preds, gold = [], []
         for b in valid:
             preds.append(engine.forward(b)["logits"].argmax(-1).cpu())
             gold.append(b["labels"].cpu())
         pred, true = torch.cat(preds).numpy(), torch.cat(gold).numpy()
-        ckpt = workdir / f"epoch-{epoch}"
+        ckpt = workdir / f"epoch-{epoch:g}"
         engine.export(model, ckpt, write=True)
         tokenizer.save_pretrained(str(ckpt))
         (ckpt / "plm_ray.json").write_text(json.dumps({"epoch": epoch, "learning_rate": lr}))
@@ -162,6 +160,14 @@ def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
         }
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
         shutil.rmtree(ckpt, ignore_errors=True)
+
+    for epoch in range(s.epochs):
+        batches = _batches(ids, labels, tokenizer.pad_token_id, engine.device, batch_order(lengths, batch_size, rng))
+        # evaluation points cut the epoch into equal parts; "epoch" counts in fractions between them
+        cuts = np.linspace(0, len(batches), s.evals_per_epoch + 1).round().astype(int)
+        for part in range(s.evals_per_epoch):
+            losses = [engine.train_step(b)["loss"].detach() for b in batches[cuts[part] : cuts[part + 1]]]
+            evaluate_and_report(round(epoch + (part + 1) / s.evals_per_epoch, 4), losses)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -252,19 +258,23 @@ def collect_results(grid: tune.ResultGrid, store: Store, run: str, sweep_name: s
         if history is not None and len(history):
             # a trial restarted by a restore reports its epochs again: keep each epoch's last report
             history = history.drop_duplicates("epoch", keep="last").sort_values("epoch")
-            best = history.loc[history["accuracy"].idxmax()]
-            checkpoint = result.get_best_checkpoint("accuracy", "max")
             row.update(
                 history=[
                     {k: float(e[k]) for k in ("epoch", "accuracy", "macro_f1", "train_loss")}
                     for _, e in history.iterrows()
                 ],
-                epochs_run=int(history["epoch"].max()),
-                best_epoch=int(best["epoch"]),
-                accuracy=float(best["accuracy"]),
-                macro_f1=float(best["macro_f1"]),
-                checkpoint=store.location_of(checkpoint.path) if checkpoint else "",
+                epochs_run=float(history["epoch"].max()),  # fractional with sweep.evals_per_epoch > 1
             )
+            # the row describes the checkpoint Tune kept (num_to_keep=1: the best point; of equal
+            # scores the newest), so its figures are those of the model a user gets
+            if result.best_checkpoints:
+                checkpoint, best = max(result.best_checkpoints, key=lambda kept: kept[1]["accuracy"])
+                row.update(
+                    best_epoch=float(best["epoch"]),
+                    accuracy=float(best["accuracy"]),
+                    macro_f1=float(best["macro_f1"]),
+                    checkpoint=store.location_of(checkpoint.path),
+                )
         rows.append(row)
     finished = [r for r in rows if r.get("checkpoint")]
     if not finished:

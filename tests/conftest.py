@@ -35,8 +35,10 @@ SMALL = [
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, logging_level="WARNING")
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    from plm_ray.pipeline import ensure_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    ensure_ray(num_cpus=2)  # as a command starts its local Ray
     yield
     ray.shutdown()
 

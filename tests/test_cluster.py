@@ -164,6 +164,28 @@ def test_jobs_pretrain_then_sweep_spread_over_two_nodes(head: dict[str, Any]):
     assert list((run / "pretrain").glob("checkpoint_*/state/zero_pp_rank_1_*"))
 
 
+def test_a_local_run_beside_a_ray_start_head_keeps_its_workers(head: dict[str, Any], tmp_path: Path):
+    """`ray start` records its cluster as this machine's current one. A local run beside it starts its
+    own Ray, whose Train placement-group cleaner asked the State API, unpinned, whether the run's
+    controller was alive: it asked the `ray start` cluster and found no such actor."""
+    env = {k: v for k, v in head["env"].items() if k != "RAY_ADDRESS"}
+    sets = [*SMALL, f"store.root={tmp_path}", "run.name=beside", "pretrain.max_steps=30"]
+    done = subprocess.run(
+        [sys.executable, "-m", "plm_ray", "pretrain", *[x for s in sets for x in ("--set", s)]],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-6000:]
+    assert json.loads((tmp_path / "beside" / "pretrain" / "result.json").read_text())["steps"] == 30
+    # asking the other cluster, the cleaner found no controller and quit (or removed the workers,
+    # had the run's placement group been registered by then): either way the run lost its cleaner
+    assert "Connecting to latest cluster" not in output and "may not be cleaned up" not in output, output[-6000:]
+
+
 def test_failing_job_ends_failed_with_the_error_in_its_logs(head: dict[str, Any]):
     code, job, logs = _submit(head, "pretrain", f"store.root={head['store']}", "pretrain.bogus=1")
     status = _ray("job", "status", "--address", head["dashboard"], job, env=head["env"])

@@ -60,6 +60,29 @@ def test_two_workers_train_and_export_under_every_zero_stage(
         assert sum("optim_states" in s for s in shards) == 2, shards
 
 
+def test_time_budget_ends_training_with_the_rate_decayed(tmp_path: Path, repeated_corpus: Path):
+    """Two workers, a step limit far out of reach: the 15-second budget ends training, and the LR
+    schedule, driven by time, has decayed to zero by then."""
+    cfg = small_config(
+        tmp_path,
+        "budget",
+        f"data.corpus={repeated_corpus}",
+        "data.eval_fraction=0.3",
+        "pretrain.max_steps=100000",
+        "pretrain.budget_minutes=0.25",
+        "tokenizer.vocab_size=100",
+        "tokenizer.min_frequency=1",
+    )
+    store, run = pipeline.start_run(cfg, ["pretrain"], resume=False, overwrite=False)
+    result = pipeline.pretrain(cfg, store, run)
+    assert result["stopped_by"] == "budget_minutes" and 3 < result["steps"] < 100000
+    assert 15.0 <= result["train_seconds"] < 30.0
+    rates = [h["lr"] for h in store.read_json(run, "pretrain", "history.json") if "lr" in h]
+    peak = rates.index(max(rates))
+    assert peak < len(rates) // 4 and rates[-1] < 0.05 * rates[peak], rates
+    assert all(a >= b for a, b in zip(rates[peak:], rates[peak + 1 :], strict=False)), "the decay never rises"
+
+
 def test_pretrain_then_sweep_writes_store_layout(tmp_path: Path):
     cfg = small_config(tmp_path, "full")
     store, run = pipeline.start_run(cfg, ["pretrain", "sweep"], resume=False, overwrite=False)
@@ -88,10 +111,18 @@ def test_pretrain_then_sweep_writes_store_layout(tmp_path: Path):
 
     # a completed run is not overwritten by accident
     assert main(["pretrain", "--set", f"store.root={tmp_path}", "--set", "run.name=full"]) == 2
-    # the baseline sweep without pre-training sits beside the main one
-    random_cfg = small_config(tmp_path, "full", "sweep.model=random", "sweep.name=sweep-random")
+    # the baseline sweep without pre-training sits beside the main one; it evaluates 3 times an epoch
+    # and keeps each trial's best point, wherever in the epoch it fell
+    random_cfg = small_config(
+        tmp_path, "full", "sweep.model=random", "sweep.name=sweep-random", "sweep.evals_per_epoch=3"
+    )
     baseline = pipeline.sweep(random_cfg, store, run)
     assert baseline["model"] == "random" and (root / "sweep-random" / "best_model" / "config.json").is_file()
+    for t in baseline["trials"]:
+        assert [e["epoch"] for e in t["history"]] == [0.3333, 0.6667, 1.0] and t["epochs_run"] == 1
+        point = next(e for e in t["history"] if e["epoch"] == t["best_epoch"])
+        assert t["accuracy"] == point["accuracy"] == max(e["accuracy"] for e in t["history"])
+        assert json.loads((Path(t["checkpoint"]) / "plm_ray.json").read_text())["epoch"] == t["best_epoch"]
 
     # string labels in a quoted CSV with its own column names: the label map travels with the model
     # distinct texts, so the content-hash hold-out has rows to pick from
