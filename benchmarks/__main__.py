@@ -78,6 +78,7 @@ def main() -> None:
             "b16": ("(b16) the same with bf16=True (HF's CPU autocast)", "bf16"),
             "c": ("(c) plain PyTorch loop, HF collator, dense MLM head (fp32)", "fp32"),
             "d": ("(d) plain PyTorch loop, plm-ray masking + sparse head (fp32)", "fp32"),
+            "d16": ("(d16) the same under bf16 autocast", "bf16"),
         }
         print(
             table(
@@ -113,12 +114,20 @@ def main() -> None:
         print(
             table("5. Start-up: command to first optimizer step", ["", "seconds"], [[k, v] for k, v in start.items()])
         )
-        scaling = run_scaling(store, shard)
+        scaling = run_scaling(store, shard, precision)
         print(
             table(
-                "3. Scaling: ZeRO-2, 1 CPU and batch 32 per worker",
-                ["workers", "tokens/s", "efficiency"],
-                [[1, scaling["1"], "-"], [2, scaling["2"], f"{scaling['efficiency']:.1%}"]],
+                f"3. Scaling: ZeRO-2, 1 CPU and batch 32 per worker ({precision}); the machine's ceiling beside it",
+                ["", "1 worker / process", "2 at once", "efficiency"],
+                [
+                    ["plm-ray pretrain", scaling["1"], scaling["2"], f"{scaling['efficiency']:.1%}"],
+                    [
+                        "plain loop (d) in independent processes",
+                        scaling["plain_1"],
+                        scaling["plain_2"],
+                        f"{scaling['ceiling']:.1%}",
+                    ],
+                ],
             ),
             flush=True,
         )
@@ -154,6 +163,7 @@ def main() -> None:
         "data_vs_datasets_map": data["ray_all"]["tokens_per_second"] / data["datasets_all"]["tokens_per_second"],
         "data_rss_16_over_1": data["ray_all"]["peak_pss"] / data["ray_1"]["peak_pss"],
         "scaling_efficiency_2w": scaling["efficiency"],
+        "scaling_ceiling_2proc": scaling["ceiling"],
         "zero3_over_zero0_state": zero["bf16"]["3"]["state_bytes"] / zero["bf16"]["0"]["state_bytes"],
         "zero3_over_zero0_state_fp32": zero["fp32"]["3"]["state_bytes"] / zero["fp32"]["0"]["state_bytes"],
         "warm_start_seconds": start["warm"],

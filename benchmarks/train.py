@@ -6,12 +6,17 @@
    (b) Hugging Face `Trainer` + `DataCollatorForLanguageModeling` (the run_mlm.py recipe, fp32 as it
        defaults to) and (b16) the same with `bf16=True` (HF's CPU autocast),
    (c) a plain PyTorch loop with the same collator and the model's dense MLM head (fp32),
-   (d) a plain PyTorch loop with plm-ray's masking and sparse head (fp32), to show the engine's cost.
-3. plm-ray pre-training with 1 worker vs 2 workers (ZeRO-2), one CPU each.
+   (d) a plain PyTorch loop with plm-ray's masking and sparse head (fp32), to show the engine's cost,
+   and (d16) the same under bf16 autocast.
+3. plm-ray pre-training with 1 worker vs 2 workers (ZeRO-2), one CPU each, beside this machine's
+   ceiling for it: the plain loop in two independent processes at once against one alone.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +32,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from benchmarks.common import BATCH, MASK_RATE, MODEL_SETS, SEQ, median, plm_ray, steady_tokens_per_second
+from benchmarks.common import BATCH, MASK_RATE, MODEL_SETS, ROOT, SEQ, median, plm_ray, steady_tokens_per_second
 from plm_ray.config import MaskingSection, ModelSection
 from plm_ray.data.masking import MaskingTables, mask_tokens
 from plm_ray.data.tokenizer import load_tokenizer
@@ -122,9 +127,10 @@ def hf_trainer(tokenizer: Any, blocks: np.ndarray, threads: int, bf16: bool) -> 
     return BATCH * SEQ / median(list(intervals))
 
 
-def plain_loop(tokenizer: Any, blocks: np.ndarray, threads: int, sparse: bool) -> float:
+def plain_loop(tokenizer: Any, blocks: np.ndarray, threads: int, sparse: bool, autocast: bool = False) -> float:
     """A hand-written loop: AdamW, clipping, and either the HF collator + dense head or plm-ray's
-    masking + sparse head. Tokens/s is the median per-step time, data preparation included."""
+    masking + sparse head, in fp32 or under bf16 autocast (plm-ray's CPU bf16). Tokens/s is the
+    median per-step time, data preparation included."""
     torch.set_num_threads(threads)
     model = bert(len(tokenizer), pad_vocab=sparse)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -135,11 +141,12 @@ def plain_loop(tokenizer: Any, blocks: np.ndarray, threads: int, sparse: bool) -
     for i in range(WARMUP_STEPS + TIMED_STEPS):
         start = time.perf_counter()
         chunk = torch.from_numpy(blocks[(i * BATCH) % len(blocks) :][:BATCH])
-        if sparse:
-            loss = sparse_model(**mask_tokens(chunk, tables, MaskingSection(probability=MASK_RATE)))["loss"]
-        else:
-            batch = collator([{"input_ids": row} for row in chunk.tolist()])
-            loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if sparse:
+                loss = sparse_model(**mask_tokens(chunk, tables, MaskingSection(probability=MASK_RATE)))["loss"]
+            else:
+                batch = collator([{"input_ids": row} for row in chunk.tolist()])
+                loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -162,15 +169,47 @@ def run_training(store: Path, shard: Path, threads: int) -> dict[str, Any]:
         "b16": hf_trainer(tokenizer, blocks, threads, bf16=True),
         "c": plain_loop(tokenizer, blocks, threads, sparse=False),
         "d": plain_loop(tokenizer, blocks, threads, sparse=True),
+        "d16": plain_loop(tokenizer, blocks, threads, sparse=True, autocast=True),
         "vocab": len(tokenizer),
         "a_result": a,
     }
 
 
-def run_scaling(store: Path, shard: Path) -> dict[str, float]:
-    """Benchmark 3: weak scaling, each worker one CPU and batch 32 (global batch doubles)."""
+def run_scaling(store: Path, shard: Path, precision: str) -> dict[str, float]:
+    """Benchmark 3: weak scaling, each worker one CPU and batch 32 (global batch doubles); beside it
+    the machine's own ceiling: the same step in two independent one-thread processes at once against
+    one alone (no Ray, no gradient exchange), which is all a second core can add on this machine."""
     rates = {}
     for workers in (1, 2):
         result = plm_ray_pretrain(store, str(shard), f"bench-scale-{workers}", workers, 1, [tokenizer_set(store)])
         rates[workers] = steady_tokens_per_second(result["history"], skip_steps=10)
-    return {"1": rates[1], "2": rates[2], "efficiency": rates[2] / (2 * rates[1])}
+    child = ["-m", "benchmarks.train", str(store / "bench-train" / "tokenizer"), str(shard), str(precision == "bf16")]
+    alone = _plain_rates([child])[0]
+    together = sum(_plain_rates([child, child]))
+    return {
+        "1": rates[1],
+        "2": rates[2],
+        "efficiency": rates[2] / (2 * rates[1]),
+        "plain_1": alone,
+        "plain_2": together,
+        "ceiling": together / (2 * alone),
+    }
+
+
+def _plain_rates(children: list[list[str]]) -> list[float]:
+    """Start every child at once (each a one-thread plain loop); their tokens/s."""
+    procs = [
+        subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True) for args in children
+    ]
+    outs = [proc.communicate(timeout=900)[0] for proc in procs]
+    if any(proc.returncode for proc in procs):
+        raise RuntimeError(f"plain-loop child failed: {outs}")
+    return [json.loads(out.strip().splitlines()[-1])["tokens_per_second"] for out in outs]
+
+
+if __name__ == "__main__":  # a child of _plain_rates: python -m benchmarks.train TOKENIZER_DIR SHARD AUTOCAST
+    tokenizer_dir, shard_path, autocast_flag = sys.argv[1:]
+    loaded = load_tokenizer(tokenizer_dir)
+    chunk_blocks = blocks_for(loaded, Path(shard_path), BATCH * (WARMUP_STEPS + TIMED_STEPS + 2))
+    rate = plain_loop(loaded, chunk_blocks, 1, sparse=True, autocast=autocast_flag == "True")
+    print(json.dumps({"tokens_per_second": rate}))

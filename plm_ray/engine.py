@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 from deepspeed.utils.tensor_fragment import fragment_address
 from transformers import PreTrainedModel
+
+from plm_ray.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +134,6 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str,
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def free_port(preferred: int = 0) -> int:
-    """`preferred` if it is free on 127.0.0.1, else a port the system picks."""
-    for port in (preferred, 0) if preferred else (0,):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise OSError("no free port on 127.0.0.1")
 
 
 def ensure_process_group(use_gpu: bool) -> None:

@@ -27,8 +27,8 @@ from plm_ray.data.corpus import read_corpus
 from plm_ray.data.labeled import prepare_labeled, read_labeled
 from plm_ray.data.packing import packed_blocks
 from plm_ray.data.tokenizer import load_tokenizer, prepare_tokenizer
-from plm_ray.engine import free_port
 from plm_ray.model import build_config, check_positions
+from plm_ray.ports import free_port
 from plm_ray.pretrain import check_resources, run_pretraining
 from plm_ray.report import write_report
 from plm_ray.store import Store
@@ -50,10 +50,17 @@ def ensure_ray(num_cpus: int | None = None) -> None:
                 "dashboard_host": "127.0.0.1",
                 "dashboard_port": port,
                 "num_cpus": num_cpus,
-                # Ray Train's placement-group cleaner asks the State API whether a run's controller is
-                # alive. Unpinned, that API goes to the cluster of this machine's last `ray start`, finds
-                # no such controller there, and quits or removes the live run's workers.
-                "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+                "runtime_env": {
+                    "env_vars": {
+                        # Ray Train's placement-group cleaner asks the State API whether a run's controller
+                        # is alive. Unpinned, that API goes to the cluster of this machine's last `ray
+                        # start`, finds no such controller there, and quits or removes the run's workers.
+                        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
+                        # pyarrow's jemalloc pool keeps freed pages: each Ray Data worker's memory then
+                        # grew with the corpus (16 shards 1.25x one; system allocator 1.14x, BENCHMARKS.md)
+                        "ARROW_DEFAULT_MEMORY_POOL": os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system"),
+                    }
+                },
             }
         ray.init(address=address, logging_level="WARNING", **local)
     context = ray.data.DataContext.get_current()

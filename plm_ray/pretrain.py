@@ -16,7 +16,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray.train
@@ -30,10 +30,10 @@ from plm_ray import checkpoints
 from plm_ray.budget import Budget
 from plm_ray.config import Config, ConfigError, from_dict
 from plm_ray.data.masking import MaskingTables, mask_tokens
-from plm_ray.data.tokenizer import load_tokenizer
-from plm_ray.engine import Engine, deepspeed_config, resolve_precision, uses_autocast
-from plm_ray.model import SparseMLM, attention_implementation, build_mlm
 from plm_ray.store import Store, fetch_dir
+
+if TYPE_CHECKING:
+    from plm_ray.engine import Engine
 
 # Ray Train tees print() in workers to stdout and its log (shown twice); log once instead.
 log = logging.getLogger(__name__)
@@ -107,6 +107,12 @@ def restore(engine: Engine, store: Store, run: str, workdir: Path) -> dict[str, 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
+    # Worker-only imports: the driver and Ray Train's controller unpickle this function by reference,
+    # and importing DeepSpeed and the model classes there cost seconds of start-up for nothing.
+    from plm_ray.data.tokenizer import load_tokenizer
+    from plm_ray.engine import Engine, deepspeed_config, resolve_precision, uses_autocast
+    from plm_ray.model import SparseMLM, attention_implementation, build_mlm
+
     # DeepSpeed's ZeRO collectives call a torch API deprecated in 2.13; once per step is noise.
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
     cfg = from_dict(loop_config["config"])
@@ -303,6 +309,8 @@ def _export(
         return 0.0
     tokenizer.save_pretrained(str(out_dir))
     from transformers import AutoModelForMaskedLM
+
+    from plm_ray.model import SparseMLM
 
     attention = model.config._attn_implementation  # the same kernels as the live model
     reloaded = AutoModelForMaskedLM.from_pretrained(str(out_dir), attn_implementation=attention)

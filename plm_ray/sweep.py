@@ -18,16 +18,12 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-import transformers
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
 from plm_ray.config import Config, ConfigError, from_dict
 from plm_ray.data.labeled import load_split
-from plm_ray.data.tokenizer import load_tokenizer
-from plm_ray.engine import Engine, deepspeed_config, ensure_process_group, resolve_precision, uses_autocast
-from plm_ray.model import Classifier, attention_implementation, build_classifier
 from plm_ray.store import Store, fetch_dir
 
 RESULT_FIELDS = [
@@ -88,6 +84,13 @@ def _batches(
 
 def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
     """One Tune trial: fine-tune; evaluate and checkpoint `evals_per_epoch` times an epoch."""
+    # Trial-only imports: the sweep's driver never builds a model (DeepSpeed's import alone is seconds)
+    import transformers
+
+    from plm_ray.data.tokenizer import load_tokenizer
+    from plm_ray.engine import Engine, deepspeed_config, ensure_process_group, resolve_precision, uses_autocast
+    from plm_ray.model import Classifier, attention_implementation, build_classifier
+
     transformers.logging.set_verbosity_error()  # the new head's MISSING/UNEXPECTED report is expected here
     cfg = from_dict(setup["config"])
     s, store, run = cfg.sweep, Store(cfg.store), setup["run"]
