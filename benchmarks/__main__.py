@@ -26,19 +26,20 @@ from plm_ray.model import PRESETS, padded_vocab
 GIB, MIB = 2**30, 2**20
 
 
-def startup(store: Path, shard: Path) -> dict[str, float]:
-    """Benchmark 5: command start to first optimizer step. Cold: an empty torch extension cache
-    (DeepSpeed JIT-builds its ops there) and a new run; warm: the same command again."""
-    seconds = {}
+def startup(store: Path, shard: Path) -> dict[str, dict[str, float]]:
+    """Benchmark 5: command start to first optimizer step, and the phases it went to (each run's
+    result.json records them). Cold: an empty torch extension cache (DeepSpeed JIT-builds its ops
+    there) and a new run; warm: the same command again."""
+    runs = {}
     with tempfile.TemporaryDirectory() as extensions:
         os.environ["TORCH_EXTENSIONS_DIR"] = extensions
         for kind in ("cold", "warm"):
             result = plm_ray_pretrain(
                 store, str(shard), f"bench-start-{kind}", 1, 2, [tokenizer_set(store), "pretrain.max_steps=2"]
             )
-            seconds[kind] = result["startup_seconds"]
+            runs[kind] = {**result["startup_phases"], "total": result["startup_seconds"]}
         del os.environ["TORCH_EXTENSIONS_DIR"]
-    return seconds
+    return runs
 
 
 def memory(n_tokens: int) -> dict[str, Any]:
@@ -74,6 +75,7 @@ def main() -> None:
         recipes = {  # key: (name, precision it runs in)
             "a": (f"(a) plm-ray pretrain, default ({precision}): Ray Train + DeepSpeed ZeRO-2, 1 worker", precision),
             "a32": ("(a32) the same, pretrain.precision=fp32", "fp32"),
+            "a0": (f"(a0) the same ({precision}) without dropout, model.dropout=0 (the wiki recipe's)", precision),
             "b": ("(b) HF Trainer + DataCollatorForLanguageModeling (fp32, its default)", "fp32"),
             "b16": ("(b16) the same with bf16=True (HF's CPU autocast)", "bf16"),
             "c": ("(c) plain PyTorch loop, HF collator, dense MLM head (fp32)", "fp32"),
@@ -112,7 +114,12 @@ def main() -> None:
         )
         start = startup(store, shard)
         print(
-            table("5. Start-up: command to first optimizer step", ["", "seconds"], [[k, v] for k, v in start.items()])
+            table(
+                "5. Start-up: command to first optimizer step, by phase (seconds)",
+                ["phase", "cold", "warm"],
+                [[phase, start["cold"][phase], start["warm"][phase]] for phase in start["warm"]],
+            ),
+            flush=True,
         )
         scaling = run_scaling(store, shard, precision)
         print(
@@ -166,8 +173,9 @@ def main() -> None:
         "scaling_ceiling_2proc": scaling["ceiling"],
         "zero3_over_zero0_state": zero["bf16"]["3"]["state_bytes"] / zero["bf16"]["0"]["state_bytes"],
         "zero3_over_zero0_state_fp32": zero["fp32"]["3"]["state_bytes"] / zero["fp32"]["0"]["state_bytes"],
-        "warm_start_seconds": start["warm"],
-        "cold_start_seconds": start["cold"],
+        "warm_start_seconds": start["warm"]["total"],
+        "cold_start_seconds": start["cold"]["total"],
+        "warm_start_phases": start["warm"],
         "train_tokens_per_second": {k: train[k] for k in recipes},
         "train_precision": precision,
         "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()},

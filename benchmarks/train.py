@@ -1,8 +1,9 @@
 """Benchmarks 1 (training step) and 3 (scaling).
 
-1. The same BERT (4 layers / 256 hidden, vocab 30,522, 32 x 128) trained by
+1. The same BERT (4 layers / 256 hidden, vocab 30,522, 32 x 128, dropout 0.1) trained by
    (a) plm-ray's own pre-training command: Ray Train + DeepSpeed, one worker with both CPUs, in its
-       default precision (bf16 autocast on this CPU), and (a32) the same in fp32,
+       default precision (bf16 autocast on this CPU), (a32) the same in fp32, and (a0) the same
+       without dropout (as plm-ray's real-data recipe pre-trains, after Cramming),
    (b) Hugging Face `Trainer` + `DataCollatorForLanguageModeling` (the run_mlm.py recipe, fp32 as it
        defaults to) and (b16) the same with `bf16=True` (HF's CPU autocast),
    (c) a plain PyTorch loop with the same collator and the model's dense MLM head (fp32),
@@ -160,11 +161,13 @@ def run_training(store: Path, shard: Path, threads: int) -> dict[str, Any]:
     a = plm_ray_pretrain(store, str(shard), "bench-train", 1, threads, [])
     fp32 = [tokenizer_set(store), "pretrain.precision=fp32"]
     a32 = plm_ray_pretrain(store, str(shard), "bench-fp32", 1, threads, fp32)
+    a0 = plm_ray_pretrain(store, str(shard), "bench-nodrop", 1, threads, [tokenizer_set(store), "model.dropout=0"])
     tokenizer = load_tokenizer(str(store / "bench-train" / "tokenizer"))
     blocks = blocks_for(tokenizer, shard, BATCH * (WARMUP_STEPS + TIMED_STEPS + 2))
     return {
         "a": steady_tokens_per_second(a["history"], skip_steps=10),
         "a32": steady_tokens_per_second(a32["history"], skip_steps=10),
+        "a0": steady_tokens_per_second(a0["history"], skip_steps=10),
         "b": hf_trainer(tokenizer, blocks, threads, bf16=False),
         "b16": hf_trainer(tokenizer, blocks, threads, bf16=True),
         "c": plain_loop(tokenizer, blocks, threads, sparse=False),

@@ -141,14 +141,9 @@ def ensure_process_group(use_gpu: bool) -> None:
     gets a one-rank group here so the same DeepSpeed engine runs in both."""
     if dist.is_initialized():
         return
-    for key, value in (
-        ("MASTER_ADDR", "127.0.0.1"),
-        ("MASTER_PORT", str(free_port())),
-        ("RANK", "0"),
-        ("LOCAL_RANK", "0"),
-        ("WORLD_SIZE", "1"),
-    ):
-        os.environ.setdefault(key, value)
+    # Always a fresh loopback port: a MASTER_PORT inherited from the shell or from the process that
+    # started Ray is one port for every concurrent trial, and all but the first fail EADDRINUSE.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False, verbose=False)
 
 

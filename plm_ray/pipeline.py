@@ -27,12 +27,12 @@ from plm_ray.data.corpus import read_corpus
 from plm_ray.data.labeled import prepare_labeled, read_labeled
 from plm_ray.data.packing import packed_blocks
 from plm_ray.data.tokenizer import load_tokenizer, prepare_tokenizer
-from plm_ray.model import build_config, check_positions
 from plm_ray.ports import free_port
 from plm_ray.pretrain import check_resources, run_pretraining
-from plm_ray.report import write_report
 from plm_ray.store import Store
-from plm_ray.sweep import check_trial_resources, run_sweep
+
+# The model classes, Ray Tune and matplotlib are imported by the stage that uses them: a command's
+# first optimizer step waited ~2 s for them (BENCHMARKS.md, start-up).
 
 EMBEDDED = {"corpus": "corpus", "train": "train.tsv", "dev": "dev.tsv"}
 
@@ -99,6 +99,8 @@ def preflight(cfg: Config, store: Store, run: str, stages: list[str], overwrite:
     if "pretrain" in stages and (overwrite or not store.exists(run, "pretrain", "result.json")):
         check_resources(cfg)
         if cfg.model.init_from and "://" not in cfg.model.init_from:
+            from plm_ray.model import check_positions
+
             check_positions(cfg.model.init_from, cfg.data.block_size)
         if cfg.data.corpus != "embedded":
             read_corpus(cfg.data, store)
@@ -108,6 +110,8 @@ def preflight(cfg: Config, store: Store, run: str, stages: list[str], overwrite:
             checkpoints.check_compatible(saved["config"], cfg.to_dict(), store.uri(run, "pretrain", latest))
             print(f"[plm-ray] pretrain of {run} continues from {latest} (step {saved['step']})", flush=True)
     if "sweep" in stages and (overwrite or not store.exists(run, cfg.sweep.name, "result.json")):
+        from plm_ray.sweep import check_trial_resources
+
         check_trial_resources(cfg)
         if cfg.sweep.model not in ("", "random"):
             _checkpoint_location(cfg.sweep.model, store)
@@ -138,6 +142,7 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
     if store.exists(run, "pretrain", "result.json"):
         print(f"[plm-ray] pretrain already complete for {run}; reusing it", flush=True)
         return store.read_json(run, "pretrain", "result.json")
+    entered = time.time()
     ensure_ray()
     d = cfg.data
     location = embedded_inputs(store, run, cfg.run.seed)["corpus"] if d.corpus == "embedded" else d.corpus
@@ -169,7 +174,9 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         f"in {time.time() - started:.1f}s",
         flush=True,
     )
+    packed = time.time()
     metrics = run_pretraining(cfg, store, run, train, np.stack([r["input_ids"] for r in eval_rows]))
+    command_start = psutil.Process().create_time()
     result = {
         "steps": metrics["step"],
         "tokens": metrics["tokens"],
@@ -178,7 +185,15 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         "train_seconds": metrics["train_seconds"],  # all attempts' training time: what a budget limits
         "stopped_by": metrics["stopped_by"],
         # from the command's start (this process) to the first optimizer step
-        "startup_seconds": metrics["first_step_unix"] - psutil.Process().create_time(),
+        "startup_seconds": metrics["first_step_unix"] - command_start,
+        # where that went (the last attempt's workers); BENCHMARKS.md prints it for a cold and a warm run
+        "startup_phases": {
+            "imports, Ray, checks": entered - command_start,
+            "tokenizer, packing": packed - entered,
+            "Train controller, workers": metrics["loop_start_unix"] - packed,
+            "worker imports, model, DeepSpeed": metrics["engine_ready_unix"] - metrics["loop_start_unix"],
+            "data stream, first step": metrics["first_step_unix"] - metrics["engine_ready_unix"],
+        },
         "final_loss": metrics["loss"],
         "eval_loss": metrics["eval_loss"],
         "eval_perplexity": metrics["eval_perplexity"],
@@ -211,6 +226,8 @@ def _model_to_finetune(cfg: Config, store: Store, run: str) -> tuple[str, str]:
     """(checkpoint to fine-tune or "" for random init, directory holding the random-init shape)."""
     s = cfg.sweep
     if s.model == "random":
+        from plm_ray.model import build_config
+
         tokenizer = run_tokenizer(cfg, store, run, None)
         shape = build_config(cfg.model, len(tokenizer), cfg.data.block_size, tokenizer.pad_token_id)
         with tempfile.TemporaryDirectory() as tmp:
@@ -242,6 +259,8 @@ def sweep(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         flush=True,
     )
     started = time.time()
+    from plm_ray.sweep import run_sweep
+
     result = run_sweep(cfg, store, run, model, random_like, labels)
     result.update(model=model or "random", labels=labels, wall_seconds=time.time() - started)
     store.write_json(result, run, s.name, "result.json")
@@ -250,6 +269,8 @@ def sweep(cfg: Config, store: Store, run: str) -> dict[str, Any]:
 
 def finish(cfg: Config, store: Store, run: str) -> dict[str, Any]:
     """The end of every command: `summary.json` of the stages completed so far, and the run's report."""
+    from plm_ray.report import write_report
+
     summary: dict[str, Any] = {"run": run, "store": store.uri(run), "config": store.uri(run, "config.yaml")}
     if store.exists(run, "pretrain", "result.json"):
         summary["pretrain"] = store.read_json(run, "pretrain", "result.json")

@@ -107,6 +107,7 @@ def restore(engine: Engine, store: Store, run: str, workdir: Path) -> dict[str, 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
+    loop_start_unix = time.time()
     # Worker-only imports: the driver and Ray Train's controller unpickle this function by reference,
     # and importing DeepSpeed and the model classes there cost seconds of start-up for nothing.
     from plm_ray.data.tokenizer import load_tokenizer
@@ -171,6 +172,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             f"{f' or {p.budget_minutes:g} min, whichever ends first' if p.budget_minutes else ''}",
         )
 
+    engine_ready_unix = time.time()
     device = engine.device
     tables = MaskingTables.from_tokenizer(tokenizer).to(device)
     evaluate = Evaluator(loop_config["eval_blocks"], rank, world, p.batch_size, tables, cfg, device)
@@ -273,6 +275,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         "wall_seconds": time.time() - started,
         "train_seconds": budget.spent(),
         "stopped_by": "max_steps" if state["step"] >= total_steps else "budget_minutes",
+        "loop_start_unix": loop_start_unix,
+        "engine_ready_unix": engine_ready_unix,
         "first_step_unix": first_step_unix,
         "nodes": _node_count(world),
         "precision": precision,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, BertConfig
 
 from plm_ray import pipeline
 from plm_ray.cli import main
+from plm_ray.store import Store
 
 from .conftest import small_config
 
@@ -28,24 +30,27 @@ def repeated_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def pretrain_on(corpus: Path, tmp_path: Path, run: str, *extra: str) -> tuple[Store, str, dict[str, Any]]:
+    """Pre-train the small config on `corpus` (a tiny vocabulary, a third held out); store, run, result."""
+    sets = [f"data.corpus={corpus}", "data.eval_fraction=0.3", "tokenizer.vocab_size=100", "tokenizer.min_frequency=1"]
+    cfg = small_config(tmp_path, run, *sets, *extra)
+    store, run = pipeline.start_run(cfg, ["pretrain"], resume=False, overwrite=False)
+    return store, run, pipeline.pretrain(cfg, store, run)
+
+
 @pytest.mark.parametrize(("stage", "arch"), [(0, "bert"), (2, "bert"), (3, "bert"), (3, "xlm"), (2, "convbert")])
 def test_two_workers_train_and_export_under_every_zero_stage(
     tmp_path: Path, repeated_corpus: Path, stage: int, arch: str
 ):
-    cfg = small_config(
+    store, run, result = pretrain_on(
+        repeated_corpus,
         tmp_path,
         f"zero{stage}",
         f"pretrain.zero_stage={stage}",
         f"model.arch={arch}",
-        f"data.corpus={repeated_corpus}",
-        "data.eval_fraction=0.3",
         "pretrain.max_steps=12",
         "pretrain.learning_rate=0.003",
-        "tokenizer.vocab_size=100",
-        "tokenizer.min_frequency=1",
     )
-    store, run = pipeline.start_run(cfg, ["pretrain"], resume=False, overwrite=False)
-    result = pipeline.pretrain(cfg, store, run)
     assert result["steps"] == 12
     history = [h["loss"] for h in store.read_json(run, "pretrain", "history.json") if "loss" in h]
     assert len(history) == 12 and sum(history[-3:]) < 0.9 * sum(history[:3]), history
@@ -63,18 +68,9 @@ def test_two_workers_train_and_export_under_every_zero_stage(
 def test_time_budget_ends_training_with_the_rate_decayed(tmp_path: Path, repeated_corpus: Path):
     """Two workers, a step limit far out of reach: the 15-second budget ends training, and the LR
     schedule, driven by time, has decayed to zero by then."""
-    cfg = small_config(
-        tmp_path,
-        "budget",
-        f"data.corpus={repeated_corpus}",
-        "data.eval_fraction=0.3",
-        "pretrain.max_steps=100000",
-        "pretrain.budget_minutes=0.25",
-        "tokenizer.vocab_size=100",
-        "tokenizer.min_frequency=1",
+    store, run, result = pretrain_on(
+        repeated_corpus, tmp_path, "budget", "pretrain.max_steps=100000", "pretrain.budget_minutes=0.25"
     )
-    store, run = pipeline.start_run(cfg, ["pretrain"], resume=False, overwrite=False)
-    result = pipeline.pretrain(cfg, store, run)
     assert result["stopped_by"] == "budget_minutes" and 3 < result["steps"] < 100000
     assert 15.0 <= result["train_seconds"] < 30.0
     rates = [h["lr"] for h in store.read_json(run, "pretrain", "history.json") if "lr" in h]
@@ -94,6 +90,9 @@ def test_pretrain_then_sweep_writes_store_layout(tmp_path: Path):
     assert {"steps", "tokens", "tokens_per_second", "wall_seconds", "final_loss", "eval_loss", "export"} <= set(
         summary["pretrain"]
     )
+    phases = summary["pretrain"]["startup_phases"]  # marks from the driver and the workers, in order
+    assert len(phases) == 5 and all(seconds >= 0 for seconds in phases.values()), phases
+    assert sum(phases.values()) == pytest.approx(summary["pretrain"]["startup_seconds"])
     trials = summary["sweep"]["trials"]
     assert len(trials) == 2 and {t["learning_rate"] for t in trials} == {0.0005, 0.002}
     for t in trials:
