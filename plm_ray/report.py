@@ -71,9 +71,12 @@ def _pretrain_section(p: dict[str, Any]) -> list[str]:
     return [
         "## Pre-training",
         "",
-        "| steps | tokens | tokens/s | wall | final loss | held-out loss | perplexity | masked-token accuracy |",
+        "| steps | tokens | tokens/s | training time | final loss | held-out loss | perplexity | masked accuracy |",
         "|---|---|---|---|---|---|---|---|",
-        f"| {p['steps']:,} | {p['tokens']:,} | {p['tokens_per_second']:,.0f} | {p['wall_seconds'] / 60:.1f} min "
+        # training time sums every attempt of a resumed run (the last attempt's wall alone hid the rest);
+        # results written before `train_seconds` existed have only the wall
+        f"| {p['steps']:,} | {p['tokens']:,} | {p['tokens_per_second']:,.0f} "
+        f"| {p.get('train_seconds', p['wall_seconds']) / 60:.1f} min "
         f"| {p['final_loss']:.3f} | {p['eval_loss']:.3f} | {p['eval_perplexity']:.1f} | {p['eval_accuracy']:.1%} |",
         "",
         "![pre-training loss](pretrain_loss.png)",
