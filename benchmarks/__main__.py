@@ -73,7 +73,8 @@ def main() -> None:
         flops = useful_flops_per_token(layers, hidden, inter, train["vocab"], SEQ, MASK_RATE * (SEQ - 1) / SEQ)
         precision = train["a_result"]["precision"]  # what plm-ray's default chose on this machine
         recipes = {  # key: (name, precision it runs in)
-            "a": (f"(a) plm-ray pretrain, default ({precision}): Ray Train + DeepSpeed ZeRO-2, 1 worker", precision),
+            "a": (f"(a) plm-ray pretrain, defaults ({precision}, ZeRO auto: 0), 1 Ray Train worker", precision),
+            "a2": ("(a2) the same with pretrain.zero_stage=2", precision),
             "a32": ("(a32) the same, pretrain.precision=fp32", "fp32"),
             "a0": (f"(a0) the same ({precision}) without dropout, model.dropout=0 (the wiki recipe's)", precision),
             "b": ("(b) HF Trainer + DataCollatorForLanguageModeling (fp32, its default)", "fp32"),
@@ -117,17 +118,23 @@ def main() -> None:
             table(
                 "5. Start-up: command to first optimizer step, by phase (seconds)",
                 ["phase", "cold", "warm"],
-                [[phase, start["cold"][phase], start["warm"][phase]] for phase in start["warm"]],
+                [[phase, start["cold"][phase], start["warm"][phase]] for phase in sorted(start["warm"])],
             ),
             flush=True,
         )
         scaling = run_scaling(store, shard, precision)
         print(
             table(
-                f"3. Scaling: ZeRO-2, 1 CPU and batch 32 per worker ({precision}); the machine's ceiling beside it",
+                f"3. Scaling: 1 CPU and batch 32 per worker ({precision}); the machine's ceiling beside it",
                 ["", "1 worker / process", "2 at once", "efficiency"],
                 [
-                    ["plm-ray pretrain", scaling["1"], scaling["2"], f"{scaling['efficiency']:.1%}"],
+                    ["plm-ray pretrain, ZeRO-2 both", scaling["1"], scaling["2"], f"{scaling['efficiency']:.1%}"],
+                    [
+                        "plm-ray pretrain, default (1 worker ZeRO-0)",
+                        scaling["1_auto"],
+                        scaling["2"],
+                        f"{scaling['efficiency_auto']:.1%}",
+                    ],
                     [
                         "plain loop (d) in independent processes",
                         scaling["plain_1"],
@@ -170,6 +177,7 @@ def main() -> None:
         "data_vs_datasets_map": data["ray_all"]["tokens_per_second"] / data["datasets_all"]["tokens_per_second"],
         "data_rss_16_over_1": data["ray_all"]["peak_pss"] / data["ray_1"]["peak_pss"],
         "scaling_efficiency_2w": scaling["efficiency"],
+        "scaling_efficiency_2w_vs_default_1w": scaling["efficiency_auto"],
         "scaling_ceiling_2proc": scaling["ceiling"],
         "zero3_over_zero0_state": zero["bf16"]["3"]["state_bytes"] / zero["bf16"]["0"]["state_bytes"],
         "zero3_over_zero0_state_fp32": zero["fp32"]["3"]["state_bytes"] / zero["fp32"]["0"]["state_bytes"],

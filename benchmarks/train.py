@@ -2,15 +2,17 @@
 
 1. The same BERT (4 layers / 256 hidden, vocab 30,522, 32 x 128, dropout 0.1) trained by
    (a) plm-ray's own pre-training command: Ray Train + DeepSpeed, one worker with both CPUs, in its
-       default precision (bf16 autocast on this CPU), (a32) the same in fp32, and (a0) the same
-       without dropout (as plm-ray's real-data recipe pre-trains, after Cramming),
+       default precision (bf16 autocast on this CPU) and ZeRO stage (auto: 0 on one worker), (a2) the
+       same with ZeRO-2 forced, (a32) the same in fp32, and (a0) the same without dropout (as
+       plm-ray's real-data recipe pre-trains, after Cramming),
    (b) Hugging Face `Trainer` + `DataCollatorForLanguageModeling` (the run_mlm.py recipe, fp32 as it
        defaults to) and (b16) the same with `bf16=True` (HF's CPU autocast),
    (c) a plain PyTorch loop with the same collator and the model's dense MLM head (fp32),
    (d) a plain PyTorch loop with plm-ray's masking and sparse head (fp32), to show the engine's cost,
    and (d16) the same under bf16 autocast.
-3. plm-ray pre-training with 1 worker vs 2 workers (ZeRO-2), one CPU each, beside this machine's
-   ceiling for it: the plain loop in two independent processes at once against one alone.
+3. plm-ray pre-training with 1 worker vs 2 workers, one CPU each: both ZeRO-2 (like for like) and
+   as plm-ray runs by default (ZeRO-0 on one worker), beside this machine's ceiling for it: the plain
+   loop in two independent processes at once against one alone.
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ def plm_ray_pretrain(store: Path, corpus: str, run: str, workers: int, cpus: int
             f"data.corpus={corpus}",
             f"pretrain.num_workers={workers}",
             f"pretrain.cpus_per_worker={cpus}",
-            "pretrain.zero_stage=2",
             "pretrain.max_steps=40",
             "pretrain.log_every_steps=5",
             "pretrain.warmup_steps=5",
@@ -160,12 +161,15 @@ def run_training(store: Path, shard: Path, threads: int) -> dict[str, Any]:
     """Benchmark 1. (a) also trains the 30,522-token WordPiece the other recipes then load."""
     a = plm_ray_pretrain(store, str(shard), "bench-train", 1, threads, [])
     fp32 = [tokenizer_set(store), "pretrain.precision=fp32"]
+    zero2 = [tokenizer_set(store), "pretrain.zero_stage=2"]
+    a2 = plm_ray_pretrain(store, str(shard), "bench-zero2", 1, threads, zero2)
     a32 = plm_ray_pretrain(store, str(shard), "bench-fp32", 1, threads, fp32)
     a0 = plm_ray_pretrain(store, str(shard), "bench-nodrop", 1, threads, [tokenizer_set(store), "model.dropout=0"])
     tokenizer = load_tokenizer(str(store / "bench-train" / "tokenizer"))
     blocks = blocks_for(tokenizer, shard, BATCH * (WARMUP_STEPS + TIMED_STEPS + 2))
     return {
         "a": steady_tokens_per_second(a["history"], skip_steps=10),
+        "a2": steady_tokens_per_second(a2["history"], skip_steps=10),
         "a32": steady_tokens_per_second(a32["history"], skip_steps=10),
         "a0": steady_tokens_per_second(a0["history"], skip_steps=10),
         "b": hf_trainer(tokenizer, blocks, threads, bf16=False),
@@ -179,20 +183,22 @@ def run_training(store: Path, shard: Path, threads: int) -> dict[str, Any]:
 
 
 def run_scaling(store: Path, shard: Path, precision: str) -> dict[str, float]:
-    """Benchmark 3: weak scaling, each worker one CPU and batch 32 (global batch doubles); beside it
-    the machine's own ceiling: the same step in two independent one-thread processes at once against
-    one alone (no Ray, no gradient exchange), which is all a second core can add on this machine."""
+    """Benchmark 3: weak scaling, each worker one CPU and batch 32 (global batch doubles), ZeRO-2 on
+    both sides and, beside it, one worker at plm-ray's default ZeRO-0; then the machine's own ceiling:
+    the same step in two independent one-thread processes at once against one alone (no Ray, no
+    gradient exchange), which is all a second core can add on this machine."""
     rates = {}
-    for workers in (1, 2):
-        result = plm_ray_pretrain(store, str(shard), f"bench-scale-{workers}", workers, 1, [tokenizer_set(store)])
-        rates[workers] = steady_tokens_per_second(result["history"], skip_steps=10)
+    for name, workers, stage in (("1", 1, "2"), ("2", 2, "2"), ("1_auto", 1, "-1")):
+        sets = [tokenizer_set(store), f"pretrain.zero_stage={stage}"]
+        result = plm_ray_pretrain(store, str(shard), f"bench-scale-{name}", workers, 1, sets)
+        rates[name] = steady_tokens_per_second(result["history"], skip_steps=10)
     child = ["-m", "benchmarks.train", str(store / "bench-train" / "tokenizer"), str(shard), str(precision == "bf16")]
     alone = _plain_rates([child])[0]
     together = sum(_plain_rates([child, child]))
     return {
-        "1": rates[1],
-        "2": rates[2],
-        "efficiency": rates[2] / (2 * rates[1]),
+        **rates,
+        "efficiency": rates["2"] / (2 * rates["1"]),
+        "efficiency_auto": rates["2"] / (2 * rates["1_auto"]),
         "plain_1": alone,
         "plain_2": together,
         "ceiling": together / (2 * alone),

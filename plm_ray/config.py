@@ -84,7 +84,7 @@ class PretrainSection:
     use_gpu: bool = False
     cpus_per_worker: int = 1
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_SPREAD (one worker per node) | STRICT_PACK
-    zero_stage: int = 2
+    zero_stage: int = -1  # < 0: auto, ZeRO-2 on several workers, 0 on one (nothing to partition there)
     offload: bool = False  # ZeRO optimizer-state offload to CPU (stages 1-3)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     batch_size: int = 32  # micro-batch per worker, in blocks
@@ -280,7 +280,7 @@ def validate(cfg: Config) -> None:
         p.placement_strategy,
         "must be PACK, SPREAD, STRICT_SPREAD or STRICT_PACK",
     )
-    _check(p.zero_stage in (0, 1, 2, 3), "pretrain.zero_stage", p.zero_stage, "ZeRO stage must be 0, 1, 2 or 3")
+    _check(p.zero_stage in (-1, 0, 1, 2, 3), "pretrain.zero_stage", p.zero_stage, "must be -1 (auto), 0, 1, 2 or 3")
     _check(s.zero_stage in (0, 1, 2, 3), "sweep.zero_stage", s.zero_stage, "ZeRO stage must be 0, 1, 2 or 3")
     for key, value in (("pretrain.precision", p.precision), ("sweep.precision", s.precision)):
         _check(value in ("auto", "fp32", "bf16", "fp16"), key, value, "must be auto, fp32, bf16 or fp16")

@@ -35,6 +35,9 @@ from plm_ray.store import Store
 # first optimizer step waited ~2 s for them (BENCHMARKS.md, start-up).
 
 EMBEDDED = {"corpus": "corpus", "train": "train.tsv", "dev": "dev.tsv"}
+# Marks of result.json's start-up phases: the command's imports ended here (the CLI imports this module
+# first), and Ray was first ready.
+STARTUP_MARKS: dict[str, float] = {"imported": time.time()}
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -63,6 +66,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
                 },
             }
         ray.init(address=address, logging_level="WARNING", **local)
+    STARTUP_MARKS.setdefault("ray_ready", time.time())
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     # Tokenize + pack in corpus order: a restarted run must cut the very same blocks.
@@ -187,12 +191,15 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         # from the command's start (this process) to the first optimizer step
         "startup_seconds": metrics["first_step_unix"] - command_start,
         # where that went (the last attempt's workers); BENCHMARKS.md prints it for a cold and a warm run
+        # numbered: JSON readers (and the store) sort keys
         "startup_phases": {
-            "imports, Ray, checks": entered - command_start,
-            "tokenizer, packing": packed - entered,
-            "Train controller, workers": metrics["loop_start_unix"] - packed,
-            "worker imports, model, DeepSpeed": metrics["engine_ready_unix"] - metrics["loop_start_unix"],
-            "data stream, first step": metrics["first_step_unix"] - metrics["engine_ready_unix"],
+            "1 imports": STARTUP_MARKS["imported"] - command_start,
+            "2 Ray start": STARTUP_MARKS["ray_ready"] - STARTUP_MARKS["imported"],
+            "3 input checks": entered - STARTUP_MARKS["ray_ready"],
+            "4 tokenizer, packing": packed - entered,
+            "5 Train controller, workers": metrics["loop_start_unix"] - packed,
+            "6 worker imports, model, DeepSpeed": metrics["engine_ready_unix"] - metrics["loop_start_unix"],
+            "7 data stream, first step": metrics["first_step_unix"] - metrics["engine_ready_unix"],
         },
         "final_loss": metrics["loss"],
         "eval_loss": metrics["eval_loss"],
@@ -201,6 +208,7 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         "export_max_abs_diff": metrics["export_max_abs_diff"],
         "nodes": metrics["nodes"],
         "precision": metrics["precision"],
+        "zero_stage": metrics["zero_stage"],
         "attention": metrics["attention"],
         "checkpoint": metrics["checkpoint"],
         "export": store.uri(run, "pretrain", "export"),

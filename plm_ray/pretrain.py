@@ -111,7 +111,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     # Worker-only imports: the driver and Ray Train's controller unpickle this function by reference,
     # and importing DeepSpeed and the model classes there cost seconds of start-up for nothing.
     from plm_ray.data.tokenizer import load_tokenizer
-    from plm_ray.engine import Engine, deepspeed_config, resolve_precision, uses_autocast
+    from plm_ray.engine import Engine, deepspeed_config, resolve_precision, resolve_zero_stage, uses_autocast
     from plm_ray.model import SparseMLM, attention_implementation, build_mlm
 
     # DeepSpeed's ZeRO collectives call a torch API deprecated in 2.13; once per step is noise.
@@ -132,12 +132,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     attention = attention_implementation(cfg.model.attention, p.use_gpu)
     model = build_mlm(cfg.model, len(tokenizer), cfg.data.block_size, tokenizer.pad_token_id, init_dir, attention)
     precision = resolve_precision(p.precision, p.use_gpu)
+    zero_stage = resolve_zero_stage(p.zero_stage, world, p.offload)
     engine = Engine(
         SparseMLM(model),
         deepspeed_config(
             micro_batch=p.batch_size,
             grad_accum=p.grad_accum,
-            zero_stage=p.zero_stage,
+            zero_stage=zero_stage,
             offload=p.offload,
             precision=precision,
             learning_rate=p.learning_rate,
@@ -167,7 +168,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     elif rank == 0:
         n_params = sum(getattr(t, "ds_numel", t.numel()) for t in model.parameters())  # ZeRO-3 shards params
         log.info(
-            f"[pretrain] {world} worker(s), ZeRO-{p.zero_stage}, {precision}"
+            f"[pretrain] {world} worker(s), ZeRO-{zero_stage}, {precision}"
             f"{' (autocast)' if engine.autocast else ''}, {n_params / 1e6:.1f}M parameters, {total_steps} steps"
             f"{f' or {p.budget_minutes:g} min, whichever ends first' if p.budget_minutes else ''}",
         )
@@ -280,6 +281,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         "first_step_unix": first_step_unix,
         "nodes": _node_count(world),
         "precision": precision,
+        "zero_stage": zero_stage,
         "attention": attention,
     }
     state["history"].append({"step": state["step"], **{k: v for k, v in final.items() if k.startswith("eval_")}})

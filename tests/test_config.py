@@ -9,7 +9,7 @@ from plm_ray.config import ConfigError, load_config
 def test_defaults_are_the_embedded_demo():
     cfg = load_config()
     assert cfg.data.corpus == "embedded" and cfg.sweep.task == "embedded"
-    assert cfg.pretrain.num_workers == 2 and cfg.pretrain.zero_stage == 2
+    assert cfg.pretrain.num_workers == 2 and cfg.pretrain.zero_stage == -1  # auto
     assert len(cfg.sweep.learning_rates) >= 4
 
 
@@ -27,7 +27,7 @@ def test_yaml_then_set_overrides(tmp_path: Path):
         (["pretrain.max_stepz=3"], "unknown config key 'pretrain.max_stepz'"),
         (["pretrian.max_steps=3"], "unknown config section 'pretrian'"),
         (["pretrain.max_steps=abc"], "'pretrain.max_steps': expected int, got 'abc'"),
-        (["pretrain.zero_stage=4"], "'pretrain.zero_stage' = 4: ZeRO stage must be 0, 1, 2 or 3"),
+        (["pretrain.zero_stage=4"], "'pretrain.zero_stage' = 4: must be -1 (auto), 0, 1, 2 or 3"),
         (["pretrain.learning_rate=0"], "'pretrain.learning_rate' = 0.0: learning rate must be > 0"),
         (["sweep.learning_rates=[0.001, -1]"], "learning rate must be > 0"),
         (

@@ -51,7 +51,7 @@ def test_two_workers_train_and_export_under_every_zero_stage(
         "pretrain.max_steps=12",
         "pretrain.learning_rate=0.003",
     )
-    assert result["steps"] == 12
+    assert result["steps"] == 12 and result["zero_stage"] == stage
     history = [h["loss"] for h in store.read_json(run, "pretrain", "history.json") if "loss" in h]
     assert len(history) == 12 and sum(history[-3:]) < 0.9 * sum(history[:3]), history
     assert result["export_max_abs_diff"] < 1e-4
@@ -63,6 +63,13 @@ def test_two_workers_train_and_export_under_every_zero_stage(
     shards = sorted(p.name for p in (ckpt / "state").iterdir())
     if stage > 0:  # each rank's ZeRO optimizer shard made it into the one checkpoint
         assert sum("optim_states" in s for s in shards) == 2, shards
+
+
+def test_one_worker_runs_zero_stage_0_unless_asked(tmp_path: Path, repeated_corpus: Path):
+    """ZeRO stage auto (the default): 2 across workers, 0 on one worker, which has nothing to partition."""
+    store, run, result = pretrain_on(repeated_corpus, tmp_path, "one", "pretrain.num_workers=1", "pretrain.max_steps=6")
+    assert result["zero_stage"] == 0 and result["steps"] == 6 and result["export_max_abs_diff"] < 1e-4
+    assert not [p for p in (Path(result["checkpoint"]) / "state").iterdir() if "optim_states" in p.name]
 
 
 def test_time_budget_ends_training_with_the_rate_decayed(tmp_path: Path, repeated_corpus: Path):
@@ -90,8 +97,9 @@ def test_pretrain_then_sweep_writes_store_layout(tmp_path: Path):
     assert {"steps", "tokens", "tokens_per_second", "wall_seconds", "final_loss", "eval_loss", "export"} <= set(
         summary["pretrain"]
     )
+    assert summary["pretrain"]["zero_stage"] == 2  # auto, on two workers
     phases = summary["pretrain"]["startup_phases"]  # marks from the driver and the workers, in order
-    assert len(phases) == 5 and all(seconds >= 0 for seconds in phases.values()), phases
+    assert len(phases) == 7 and all(seconds >= 0 for seconds in phases.values()), phases
     assert sum(phases.values()) == pytest.approx(summary["pretrain"]["startup_seconds"])
     trials = summary["sweep"]["trials"]
     assert len(trials) == 2 and {t["learning_rate"] for t in trials} == {0.0005, 0.002}

@@ -1,6 +1,7 @@
 """Stage 1, corpus: read text, JSON Lines, Parquet or CSV/TSV with Ray Data into a `text` column.
 
-The driver only lists files and peeks at the schema; the text itself is read by Ray Data tasks.
+The driver only lists files and peeks at the schema (for text files: at the first non-blank bytes); the
+text itself is read by Ray Data tasks.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from plm_ray.config import ConfigError, DataSection
 from plm_ray.store import Store
 
 log = logging.getLogger(__name__)
+NO_TEXT = "corpus {} contains no text (empty files or only blank lines)"
 
 EXTENSIONS = {
     ".txt": "text",
@@ -119,11 +121,14 @@ def read_corpus(cfg: DataSection, store: Store, location: str | None = None) -> 
         fs, paths = list_files(location, store)
         kind, paths = detect_format(paths, cfg.format, location)
         if kind == "text":
-            ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True).map_batches(
+            # Checked here rather than by a Ray Data execution (seconds of every command's start-up);
+            # the splitter already yields stripped, non-blank documents in the one `text` column.
+            if not _has_text(fs, paths):
+                raise ConfigError(NO_TEXT.format(location))
+            return ray.data.read_binary_files(paths, filesystem=fs, include_paths=True).map_batches(
                 _split_documents, fn_kwargs={"blank_line": cfg.documents == "blank_line"}, batch_size=1
             )
-        else:
-            ds = _read_tabular(kind, paths, fs)
+        ds = _read_tabular(kind, paths, fs)
     if ds.columns() != ["text"]:
         names = ds.columns()
         if cfg.text_column not in names:
@@ -138,8 +143,18 @@ def read_corpus(cfg: DataSection, store: Store, location: str | None = None) -> 
         )
     ds = ds.map_batches(_clean_text)
     if not ds.take(1):
-        raise ConfigError(f"corpus {location} contains no text (empty files or only blank lines)")
+        raise ConfigError(NO_TEXT.format(location))
     return ds
+
+
+def _has_text(fs: pafs.FileSystem, paths: list[str]) -> bool:
+    """Whether any file holds a non-blank character; reads only up to the first one."""
+    for path in paths:
+        with fs.open_input_stream(path) as f:
+            while chunk := f.read(1 << 20):
+                if chunk.decode("utf-8", errors="replace").strip():
+                    return True
+    return False
 
 
 def _read_tabular(kind: str, paths: list[str], fs: pafs.FileSystem) -> ray.data.Dataset:
