@@ -187,14 +187,20 @@ def run_scaling(store: Path, shard: Path, precision: str) -> dict[str, float]:
     both sides and, beside it, one worker at plm-ray's default ZeRO-0; then the machine's own ceiling:
     the same step in two independent one-thread processes at once against one alone (no Ray, no
     gradient exchange), which is all a second core can add on this machine."""
-    rates = {}
-    for name, workers, stage in (("1", 1, "2"), ("2", 2, "2"), ("1_auto", 1, "-1")):
+    # Each side measured twice in the order A B B A (and the ceiling's "alone" before and after), so
+    # a machine whose speed drifts during the benchmark does not favour one side.
+    runs: dict[str, list[float]] = {"1": [], "2": [], "1_auto": []}
+    for i, (name, workers, stage) in enumerate(
+        (("1", 1, "2"), ("2", 2, "2"), ("1_auto", 1, "-1"), ("2", 2, "2"), ("1", 1, "2"), ("1_auto", 1, "-1"))
+    ):
         sets = [tokenizer_set(store), f"pretrain.zero_stage={stage}"]
-        result = plm_ray_pretrain(store, str(shard), f"bench-scale-{name}", workers, 1, sets)
-        rates[name] = steady_tokens_per_second(result["history"], skip_steps=10)
+        result = plm_ray_pretrain(store, str(shard), f"bench-scale-{i}-{name}", workers, 1, sets)
+        runs[name].append(steady_tokens_per_second(result["history"], skip_steps=10))
+    rates = {name: median(values) for name, values in runs.items()}
     child = ["-m", "benchmarks.train", str(store / "bench-train" / "tokenizer"), str(shard), str(precision == "bf16")]
-    alone = _plain_rates([child])[0]
+    first = _plain_rates([child])[0]
     together = sum(_plain_rates([child, child]))
+    alone = median([first, _plain_rates([child])[0]])
     return {
         **rates,
         "efficiency": rates["2"] / (2 * rates["1"]),
