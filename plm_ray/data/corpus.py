@@ -121,8 +121,8 @@ def read_corpus(cfg: DataSection, store: Store, location: str | None = None) -> 
         fs, paths = list_files(location, store)
         kind, paths = detect_format(paths, cfg.format, location)
         if kind == "text":
-            # Checked here rather than by a Ray Data execution (seconds of every command's start-up);
-            # the splitter already yields stripped, non-blank documents in the one `text` column.
+            # Checked by the driver (up to the first non-blank bytes), not by a Ray Data execution of its
+            # own before the pipeline's; the splitter yields stripped, non-blank documents in `text`.
             if not _has_text(fs, paths):
                 raise ConfigError(NO_TEXT.format(location))
             return ray.data.read_binary_files(paths, filesystem=fs, include_paths=True).map_batches(
