@@ -74,9 +74,10 @@ def main() -> None:
         peaks = {k: max(peaks[k], matmul_peak_flops(threads, dtype)) for k, dtype in dtypes.items()}
         layers, hidden, _, inter = PRESETS["mini"]
         flops = useful_flops_per_token(layers, hidden, inter, train["vocab"], SEQ, MASK_RATE * (SEQ - 1) / SEQ)
-        precision = train["a_result"]["precision"]  # what plm-ray's default chose on this machine
+        precision = train["a_result"]["precision"]  # what plm-ray's defaults chose on this machine
+        stage = train["a_result"]["zero_stage"]
         recipes = {  # key: (name, precision it runs in)
-            "a": (f"(a) plm-ray pretrain, defaults ({precision}, ZeRO auto: 0), 1 Ray Train worker", precision),
+            "a": (f"(a) plm-ray pretrain, defaults ({precision}, ZeRO auto: {stage}), 1 Ray Train worker", precision),
             "a2": ("(a2) the same with pretrain.zero_stage=2", precision),
             "a32": ("(a32) the same, pretrain.precision=fp32", "fp32"),
             "a0": (f"(a0) the same ({precision}) without dropout, model.dropout=0 (the wiki recipe's)", precision),
