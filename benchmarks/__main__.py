@@ -21,7 +21,8 @@ import transformers
 from benchmarks.common import BATCH, MASK_RATE, ROOT, SEQ, matmul_peak_flops, run_python, table, useful_flops_per_token
 from benchmarks.data import run_data
 from benchmarks.train import plm_ray_pretrain, run_scaling, run_training, tokenizer_set
-from plm_ray.model import PRESETS, padded_vocab
+from plm_ray.config import PRESETS
+from plm_ray.model import padded_vocab
 
 GIB, MIB = 2**30, 2**20
 

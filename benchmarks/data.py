@@ -22,11 +22,11 @@ REPEATS = 2
 
 
 def ray_data(tokenizer_dir: str, location: str) -> int:
+    from plm_ray.cluster import ensure_ray
     from plm_ray.config import DataSection, StoreSection
     from plm_ray.data.corpus import read_corpus
     from plm_ray.data.packing import packed_blocks
     from plm_ray.data.tokenizer import load_tokenizer
-    from plm_ray.pipeline import ensure_ray
     from plm_ray.store import Store
 
     ensure_ray()

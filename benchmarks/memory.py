@@ -26,8 +26,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from benchmarks.common import BATCH, MASK_RATE, SEQ
 from benchmarks.train import bert
+from plm_ray.config import PRESETS
 from plm_ray.engine import Engine, deepspeed_config
-from plm_ray.model import PRESETS, SparseMLM
+from plm_ray.model import SparseMLM
 
 STAGES = (0, 1, 2, 3)
 WEIGHTS = ("fp32", "bf16")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from plm_ray.config import ConfigError
+from plm_ray.config import ConfigError, resolve_zero_stage
 from plm_ray.store import Store
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ def read_state(store: Store, run: str, name: str) -> dict[str, Any]:
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
     """A resume must train the same thing: refuse, naming the key, where the configuration changed."""
+    saved, current = _stage_resolved(saved), _stage_resolved(current)
     for section in COMPARED_SECTIONS:
         for key, value in current[section].items():
             if key in RESUMABLE_CHANGES.get(section, set()):
@@ -111,3 +112,13 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: str)
                     f"config key '{section}.{key}' = {value!r}, but the checkpoint {where} was made with "
                     f"{old!r}; resume with the same configuration, or start over with --overwrite or another run.name"
                 )
+
+
+def _stage_resolved(config: dict[str, Any]) -> dict[str, Any]:
+    """The ZeRO stage as run, not as written: a checkpoint saved with an explicit stage resumes under
+    auto (and the other way round) when both come to the same stage on the same workers."""
+    p = config.get("pretrain", {})
+    if "zero_stage" not in p:
+        return config
+    stage = resolve_zero_stage(p["zero_stage"], p.get("num_workers", 1), p.get("offload", False))
+    return {**config, "pretrain": {**p, "zero_stage": stage}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,19 @@ def _add_store_args(parser: argparse.ArgumentParser, root: str) -> None:
 
 
 def execute(command: str, cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
+    from plm_ray import cluster
+
+    # torch and transformers (~2 s on one core) load in a thread while a local Ray cluster starts,
+    # which mostly waits for its own processes, so the two overlap instead of adding up. Not when
+    # joining a running cluster: that takes no time to hide, and a job's ray.init imported torch
+    # itself, which two threads cannot do at once.
+    importer = None
+    if cluster.starts_local_cluster():
+        importer = threading.Thread(target=_import_torch_and_transformers, daemon=True)
+        importer.start()
+    cluster.ensure_ray()
+    if importer:
+        importer.join()
     from plm_ray import pipeline
 
     store, run = pipeline.start_run(cfg, COMMANDS[command], resume, overwrite)
@@ -67,6 +81,11 @@ def execute(command: str, cfg: Config, resume: bool = False, overwrite: bool = F
     summary = pipeline.finish(cfg, store, run)
     print(pipeline.format_summary(summary), flush=True)
     return summary
+
+
+def _import_torch_and_transformers() -> None:
+    import torch  # noqa: F401
+    from transformers import PreTrainedTokenizerFast  # noqa: F401
 
 
 def _store(root: str, endpoint: str, region: str) -> Store:

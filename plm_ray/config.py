@@ -64,6 +64,18 @@ class MaskingSection:
     random_fraction: float = 0.1  # replaced by a random token; the rest is kept
 
 
+# (layers, hidden, heads, intermediate); tiny..small follow Turc et al. 2019, base/large follow BERT.
+PRESETS = {
+    "tiny": (2, 128, 2, 512),
+    "mini": (4, 256, 4, 1024),
+    "small": (4, 512, 8, 2048),
+    "medium": (8, 512, 8, 2048),
+    "base": (12, 768, 12, 3072),
+    "large": (24, 1024, 16, 4096),
+}
+ARCHS = ("bert", "roberta", "xlm", "convbert")
+
+
 @dataclass
 class ModelSection:
     arch: str = "bert"  # bert | roberta | xlm | convbert (model.py says how they differ)
@@ -106,6 +118,15 @@ class PretrainSection:
     max_failures: int = 0
     comm_timeout_s: int = 600  # collectives that hang longer raise instead of waiting forever
     compile: bool = False  # torch.compile the model through DeepSpeed (see BENCHMARKS.md before enabling)
+
+
+def resolve_zero_stage(requested: int, world: int, offload: bool) -> int:
+    """-1 (auto): ZeRO-2 across several ranks. One rank has nothing to partition, and there stage 2's
+    gradient buckets and partition copies cost 16-20 % of a step (BENCHMARKS.md), so stage 0, unless
+    optimizer offload is on, which needs a ZeRO stage. An explicit stage is used as given."""
+    if requested >= 0:
+        return requested
+    return 2 if world > 1 or offload else 0
 
 
 @dataclass
@@ -260,8 +281,6 @@ def validate(cfg: Config) -> None:
         k.mask_fraction,
         "mask_fraction + random_fraction must lie in [0, 1]",
     )
-    from plm_ray.model import ARCHS, PRESETS  # local import: model pulls in torch
-
     _check(m.arch in ARCHS, "model.arch", m.arch, f"must be one of {', '.join(ARCHS)}")
     _check(m.attention in ("auto", "sdpa", "eager"), "model.attention", m.attention, "must be auto, sdpa or eager")
 

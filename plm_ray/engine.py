@@ -43,15 +43,6 @@ def resolve_precision(requested: str, use_gpu: bool) -> str:
     return requested
 
 
-def resolve_zero_stage(requested: int, world: int, offload: bool) -> int:
-    """-1 (auto): ZeRO-2 across several ranks. One rank has nothing to partition, and there stage 2's
-    gradient buckets and partition copies cost 16-20 % of a step (BENCHMARKS.md), so stage 0, unless
-    optimizer offload is on, which needs a ZeRO stage. An explicit stage is used as given."""
-    if requested >= 0:
-        return requested
-    return 2 if world > 1 or offload else 0
-
-
 def uses_autocast(precision: str, use_gpu: bool) -> bool:
     """On CPU, bf16 means torch autocast over fp32 weights (DeepSpeed's `torch_autocast`): matmuls run
     in bf16, weights, gradients and optimizer state stay fp32. GPUs use DeepSpeed's bf16 mode (bf16

@@ -20,18 +20,8 @@ from transformers import (
     XLMConfig,
 )
 
-from plm_ray.config import ConfigError, ModelSection
+from plm_ray.config import PRESETS, ConfigError, ModelSection
 
-# (layers, hidden, heads, intermediate); tiny..small follow Turc et al. 2019, base/large follow BERT.
-PRESETS = {
-    "tiny": (2, 128, 2, 512),
-    "mini": (4, 256, 4, 1024),
-    "small": (4, 512, 8, 2048),
-    "medium": (8, 512, 8, 2048),
-    "base": (12, 768, 12, 3072),
-    "large": (24, 1024, 16, 4096),
-}
-ARCHS = ("bert", "roberta", "xlm", "convbert")
 # The config keys of hidden and attention dropout, by model type (BERT's names for every other type)
 DROPOUT_KEYS = {
     "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),

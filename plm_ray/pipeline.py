@@ -9,7 +9,6 @@ through `Tuner.restore`."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -21,13 +20,13 @@ import ray
 import yaml
 
 from plm_ray import checkpoints
+from plm_ray.cluster import STARTUP_MARKS, ensure_ray
 from plm_ray.config import Config, ConfigError
 from plm_ray.data import embedded
 from plm_ray.data.corpus import read_corpus
 from plm_ray.data.labeled import prepare_labeled, read_labeled
 from plm_ray.data.packing import packed_blocks
 from plm_ray.data.tokenizer import load_tokenizer, prepare_tokenizer
-from plm_ray.ports import free_port
 from plm_ray.pretrain import check_resources, run_pretraining
 from plm_ray.store import Store
 
@@ -35,42 +34,6 @@ from plm_ray.store import Store
 # first optimizer step waited ~2 s for them (BENCHMARKS.md, start-up).
 
 EMBEDDED = {"corpus": "corpus", "train": "train.tsv", "dev": "dev.tsv"}
-# Marks of result.json's start-up phases: the command's imports ended here (the CLI imports this module
-# first), and Ray was first ready.
-STARTUP_MARKS: dict[str, float] = {"imported": time.time()}
-
-
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster in RAY_ADDRESS (set by `ray job submit`; `auto` finds one started with
-    `ray start`), else start a local one whose dashboard and job server listen on 127.0.0.1 only.
-    Not guessing avoids hanging on a stale address that a stopped `ray start` leaves behind."""
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or "local"
-        local: dict[str, Any] = {}
-        if address == "local":
-            port = free_port(preferred=8265)
-            local = {
-                "dashboard_host": "127.0.0.1",
-                "dashboard_port": port,
-                "num_cpus": num_cpus,
-                "runtime_env": {
-                    "env_vars": {
-                        # Ray Train's placement-group cleaner asks the State API whether a run's controller
-                        # is alive. Unpinned, that API goes to the cluster of this machine's last `ray
-                        # start`, finds no such controller there, and quits or removes the run's workers.
-                        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
-                        # pyarrow's jemalloc pool keeps freed pages: each Ray Data worker's memory then
-                        # grew with the corpus (16 shards 1.25x one; system allocator 1.14x, BENCHMARKS.md)
-                        "ARROW_DEFAULT_MEMORY_POOL": os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system"),
-                    }
-                },
-            }
-        ray.init(address=address, logging_level="WARNING", **local)
-    STARTUP_MARKS.setdefault("ray_ready", time.time())
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    # Tokenize + pack in corpus order: a restarted run must cut the very same blocks.
-    context.execution_options.preserve_order = True
 
 
 def start_run(cfg: Config, stages: list[str], resume: bool, overwrite: bool) -> tuple[Store, str]:
@@ -194,8 +157,8 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         # numbered: JSON readers (and the store) sort keys
         "startup_phases": {
             "1 imports": STARTUP_MARKS["imported"] - command_start,
-            "2 Ray start": STARTUP_MARKS["ray_ready"] - STARTUP_MARKS["imported"],
-            "3 input checks": entered - STARTUP_MARKS["ray_ready"],
+            "2 Ray start, torch imports beside it": STARTUP_MARKS["ray_ready"] - STARTUP_MARKS["imported"],
+            "3 rest of the imports, input checks": entered - STARTUP_MARKS["ray_ready"],
             "4 tokenizer, packing": packed - entered,
             "5 Train controller, workers": metrics["loop_start_unix"] - packed,
             "6 worker imports, model, DeepSpeed": metrics["engine_ready_unix"] - metrics["loop_start_unix"],

@@ -28,7 +28,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from plm_ray import checkpoints
 from plm_ray.budget import Budget
-from plm_ray.config import Config, ConfigError, from_dict
+from plm_ray.config import Config, ConfigError, from_dict, resolve_zero_stage
 from plm_ray.data.masking import MaskingTables, mask_tokens
 from plm_ray.store import Store, fetch_dir
 
@@ -111,7 +111,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     # Worker-only imports: the driver and Ray Train's controller unpickle this function by reference,
     # and importing DeepSpeed and the model classes there cost seconds of start-up for nothing.
     from plm_ray.data.tokenizer import load_tokenizer
-    from plm_ray.engine import Engine, deepspeed_config, resolve_precision, resolve_zero_stage, uses_autocast
+    from plm_ray.engine import Engine, deepspeed_config, resolve_precision, uses_autocast
     from plm_ray.model import SparseMLM, attention_implementation, build_mlm
 
     # DeepSpeed's ZeRO collectives call a torch API deprecated in 2.13; once per step is noise.

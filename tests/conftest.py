@@ -35,7 +35,7 @@ SMALL = [
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
-    from plm_ray.pipeline import ensure_ray
+    from plm_ray.cluster import ensure_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     ensure_ray(num_cpus=2)  # as a command starts its local Ray

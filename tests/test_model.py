@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plm_ray.config import ConfigError, ModelSection
-from plm_ray.model import PRESETS, SparseMLM, build_classifier, build_mlm, check_positions
+from plm_ray.config import PRESETS, ConfigError, ModelSection
+from plm_ray.model import SparseMLM, build_classifier, build_mlm, check_positions
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "xlm", "convbert"])

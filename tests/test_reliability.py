@@ -21,6 +21,7 @@ import pytest
 
 from benchmarks.common import TreeMonitor
 from plm_ray import checkpoints, pipeline
+from plm_ray.config import ConfigError, load_config
 from plm_ray.store import Store
 
 from .conftest import SMALL, small_config
@@ -246,6 +247,16 @@ def test_resume_with_another_configuration_is_refused(tmp_path: Path, corpus: li
     cfg = small_config(tmp_path, "other", *RESUMABLE, *corpus, "pretrain.zero_stage=3")
     with pytest.raises(pipeline.ConfigError, match="'pretrain.zero_stage' = 3, but the checkpoint .* was made with 2"):
         pipeline.start_run(cfg, ["pretrain"], resume=True, overwrite=False)
+
+
+def test_resume_compares_the_zero_stage_as_run():
+    """An auto stage (the default) matches a checkpoint saved with the stage auto comes to on the same
+    workers, as a run started before auto existed saved it; another stage is still refused."""
+    two = load_config(None, ["pretrain.num_workers=2"]).to_dict()
+    checkpoints.check_compatible({**two, "pretrain": {**two["pretrain"], "zero_stage": 2}}, two, "ckpt")
+    one = load_config(None, ["pretrain.num_workers=1"]).to_dict()
+    with pytest.raises(ConfigError, match="'pretrain.zero_stage' = 0, but the checkpoint ckpt was made with 2"):
+        checkpoints.check_compatible({**one, "pretrain": {**one["pretrain"], "zero_stage": 2}}, one, "ckpt")
 
 
 def _trial_states(sweep_dir: Path) -> dict[str, str]:

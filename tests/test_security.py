@@ -56,7 +56,7 @@ def test_local_ray_listens_on_loopback_only():
     """A command's own Ray: dashboard and job server bound to 127.0.0.1, not every interface."""
     probe = (
         "import psutil, ray\n"
-        "from plm_ray.pipeline import ensure_ray\n"
+        "from plm_ray.cluster import ensure_ray\n"
         "ensure_ray()\n"
         "url = ray.get_runtime_context().get_node_id() and ray._private.worker.global_worker.node.webui_url\n"
         "port = int(url.rsplit(':', 1)[1])\n"
