@@ -62,8 +62,8 @@ def execute(command: str, cfg: Config, resume: bool = False, overwrite: bool = F
 
     # torch and transformers (~2 s on one core) load in a thread while a local Ray cluster starts,
     # which mostly waits for its own processes, so the two overlap instead of adding up. Not when
-    # joining a running cluster: that takes no time to hide, and a job's ray.init imported torch
-    # itself, which two threads cannot do at once.
+    # joining a running cluster: that takes no time to hide, and under `ray job submit` the thread's
+    # torch import collided with the main thread's (a partially initialized torch).
     importer = None
     if cluster.starts_local_cluster():
         importer = threading.Thread(target=_import_torch_and_transformers, daemon=True)
