@@ -122,7 +122,7 @@ class PretrainSection:
 
 def resolve_zero_stage(requested: int, world: int, offload: bool) -> int:
     """-1 (auto): ZeRO-2 across several ranks. One rank has nothing to partition, and there stage 2's
-    gradient buckets and partition copies cost 16-20 % of a step (BENCHMARKS.md), so stage 0, unless
+    gradient buckets and partition copies cost 16-26 % of a step (BENCHMARKS.md), so stage 0, unless
     optimizer offload is on, which needs a ZeRO stage. An explicit stage is used as given."""
     if requested >= 0:
         return requested
