@@ -189,10 +189,10 @@ def run_scaling(store: Path, shard: Path, precision: str) -> dict[str, float]:
     gradient exchange), which is all a second core can add on this machine."""
     # Each side measured twice in the order A B B A (and the ceiling's "alone" before and after), so
     # a machine whose speed drifts during the benchmark does not favour one side.
-    runs: dict[str, list[float]] = {"1": [], "2": [], "1_auto": []}
-    for i, (name, workers, stage) in enumerate(
-        (("1", 1, "2"), ("2", 2, "2"), ("1_auto", 1, "-1"), ("2", 2, "2"), ("1", 1, "2"), ("1_auto", 1, "-1"))
-    ):
+    sides = {"1": (1, "2"), "2": (2, "2"), "1_auto": (1, "-1")}  # name: (workers, ZeRO stage)
+    runs: dict[str, list[float]] = {name: [] for name in sides}
+    for i, name in enumerate(("1", "2", "1_auto", "2", "1", "1_auto")):
+        workers, stage = sides[name]
         sets = [tokenizer_set(store), f"pretrain.zero_stage={stage}"]
         result = plm_ray_pretrain(store, str(shard), f"bench-scale-{i}-{name}", workers, 1, sets)
         runs[name].append(steady_tokens_per_second(result["history"], skip_steps=10))

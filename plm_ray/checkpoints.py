@@ -101,12 +101,14 @@ def read_state(store: Store, run: str, name: str) -> dict[str, Any]:
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
     """A resume must train the same thing: refuse, naming the key, where the configuration changed."""
+    # a key the checkpoint's config lacks (written by an older plm-ray) counts as unchanged
+    saved = {section: {**current[section], **saved.get(section, {})} for section in COMPARED_SECTIONS}
     saved, current = _stage_resolved(saved), _stage_resolved(current)
     for section in COMPARED_SECTIONS:
         for key, value in current[section].items():
             if key in RESUMABLE_CHANGES.get(section, set()):
                 continue
-            old = saved.get(section, {}).get(key, value)
+            old = saved[section][key]
             if old != value:
                 raise ConfigError(
                     f"config key '{section}.{key}' = {value!r}, but the checkpoint {where} was made with "
@@ -117,8 +119,6 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: str)
 def _stage_resolved(config: dict[str, Any]) -> dict[str, Any]:
     """The ZeRO stage as run, not as written: a checkpoint saved with an explicit stage resumes under
     auto (and the other way round) when both come to the same stage on the same workers."""
-    p = config.get("pretrain", {})
-    if "zero_stage" not in p:
-        return config
-    stage = resolve_zero_stage(p["zero_stage"], p.get("num_workers", 1), p.get("offload", False))
+    p = config["pretrain"]
+    stage = resolve_zero_stage(p["zero_stage"], p["num_workers"], p["offload"])
     return {**config, "pretrain": {**p, "zero_stage": stage}}

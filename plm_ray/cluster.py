@@ -23,19 +23,18 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     """Join the cluster in RAY_ADDRESS (set by `ray job submit`; `auto` finds one started with
     `ray start`), else start a local one whose dashboard and job server listen on 127.0.0.1 only.
     Not guessing avoids hanging on a stale address that a stopped `ray start` leaves behind."""
-    if not ray.is_initialized():
-        if starts_local_cluster():
-            port = free_port(preferred=8265)
-            with _environment(_local_cluster_env(port)):
-                ray.init(
-                    address="local",
-                    logging_level="WARNING",
-                    num_cpus=num_cpus,
-                    dashboard_host="127.0.0.1",
-                    dashboard_port=port,
-                )
-        else:
-            ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
+    if starts_local_cluster():
+        port = free_port(preferred=8265)
+        with _environment(_local_cluster_env(port)):
+            ray.init(
+                address="local",
+                logging_level="WARNING",
+                num_cpus=num_cpus,
+                dashboard_host="127.0.0.1",
+                dashboard_port=port,
+            )
+    elif not ray.is_initialized():
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
     STARTUP_MARKS.setdefault("ray_ready", time.time())
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
