@@ -67,6 +67,7 @@ def measure_rank(config: dict[str, Any]) -> None:
             grad_clip=1.0,
             hidden_size=PRESETS["mini"][1],
             autocast=False,
+            use_gpu=False,
         ),
         0.01,
     )

@@ -149,6 +149,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             grad_clip=p.grad_clip,
             hidden_size=model.config.hidden_size,
             autocast=uses_autocast(precision, p.use_gpu),
+            use_gpu=p.use_gpu,
         ),
         p.weight_decay,
         compile=p.compile,

@@ -133,6 +133,7 @@ def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
             grad_clip=1.0,
             hidden_size=model.config.hidden_size,
             autocast=uses_autocast(precision, use_gpu),
+            use_gpu=use_gpu,
         ),
         s.weight_decay,
     )
