@@ -49,6 +49,12 @@ def memory(n_tokens: int) -> dict[str, Any]:
         return json.loads(Path(out.name).read_text())
 
 
+def exchange(n_tokens: int, autocast: bool) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        run_python(["-m", "benchmarks.exchange", str(n_tokens), str(autocast), out.name])
+        return json.loads(Path(out.name).read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data" / "corpus")
@@ -150,6 +156,19 @@ def main() -> None:
             ),
             flush=True,
         )
+        buckets = exchange(train["vocab"], precision == "bf16")
+        print(
+            table(
+                f"3b. ZeRO-2 gradient exchange at 2 ranks over gloo by reduce bucket ({precision}, 1 thread per "
+                "rank, no Ray; the two engines step in alternation)",
+                ["reduce bucket", "elements", "collectives per step", "step ms", "tokens/s"],
+                [
+                    [name, b["bucket_elements"], b["collectives_per_step"], b["step_ms"], b["tokens_per_second"]]
+                    for name, b in buckets.items()
+                ],
+            ),
+            flush=True,
+        )
         zero = memory(train["vocab"])
         print(
             table(
@@ -184,6 +203,8 @@ def main() -> None:
         "scaling_efficiency_2w": scaling["efficiency"],
         "scaling_efficiency_2w_vs_default_1w": scaling["efficiency_auto"],
         "scaling_ceiling_2proc": scaling["ceiling"],
+        "exchange_cpu_bucket_over_hidden2": buckets["plm-ray CPU"]["tokens_per_second"]
+        / buckets["hidden²"]["tokens_per_second"],
         "zero3_over_zero0_state": zero["bf16"]["3"]["state_bytes"] / zero["bf16"]["0"]["state_bytes"],
         "zero3_over_zero0_state_fp32": zero["fp32"]["3"]["state_bytes"] / zero["fp32"]["0"]["state_bytes"],
         "warm_start_seconds": start["warm"]["total"],

@@ -22,10 +22,10 @@ from transformers import PreTrainedModel
 from plm_ray.ports import free_port
 
 log = logging.getLogger(__name__)
-# Smallest ZeRO-1/2 gradient bucket (elements) when the collectives go through gloo (CPU workers).
-# Each gloo collective has a fixed cost of ~2 ms on loopback, what moving ~2.5 MB costs: with
-# hidden² buckets (65,536 elements at 256 hidden) one step of the 4-layer benchmark BERT exchanged its
-# gradients in 58 collectives, 300-370 ms a step; with buckets of 4 Mi elements, 7 and 130-200 ms.
+# Smallest ZeRO-1/2 gradient bucket (elements) when the collectives go through gloo (CPU workers),
+# where each collective has a fixed cost: with hidden² buckets (65,536 elements at 256 hidden) a step
+# of the 4-layer benchmark BERT made 58 collectives, with 4 Mi elements 8, and at 2 ranks the step
+# ran 7-14 % faster (BENCHMARKS.md, benchmark 3b).
 GLOO_MIN_BUCKET = 4 * 2**20
 
 
