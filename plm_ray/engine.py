@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # Smallest ZeRO-1/2 gradient bucket (elements) when the collectives go through gloo (CPU workers),
 # where each collective has a fixed cost: with hidden² buckets (65,536 elements at 256 hidden) a step
 # of the 4-layer benchmark BERT made 58 collectives, with 4 Mi elements 8, and at 2 ranks the step
-# ran 7-14 % faster (BENCHMARKS.md, benchmark 3b).
+# ran 2-14 % faster (BENCHMARKS.md, benchmark 3b).
 GLOO_MIN_BUCKET = 4 * 2**20
 
 
