@@ -21,10 +21,10 @@ import torch
 import torch.multiprocessing as mp
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import BATCH, MASK_RATE, SEQ, median
+from benchmarks.common import BATCH, MASK_RATE, SEQ, engine_config, median
 from benchmarks.train import bert
 from plm_ray.config import PRESETS
-from plm_ray.engine import GLOO_MIN_BUCKET, Engine, deepspeed_config
+from plm_ray.engine import GLOO_MIN_BUCKET, Engine
 from plm_ray.model import SparseMLM
 from plm_ray.ports import free_port
 
@@ -47,22 +47,7 @@ def rank_main(rank: int, n_tokens: int, autocast: bool, port: int, out: str) -> 
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
     engines = {}
     for name, bucket in BUCKETS.items():
-        config = deepspeed_config(
-            micro_batch=BATCH,
-            grad_accum=1,
-            zero_stage=2,
-            offload=False,
-            precision="bf16" if autocast else "fp32",
-            learning_rate=1e-4,
-            weight_decay=0.01,
-            warmup_steps=1,
-            total_steps=100,
-            schedule="linear",
-            grad_clip=1.0,
-            hidden_size=HIDDEN,
-            autocast=autocast,
-            use_gpu=False,
-        )
+        config = engine_config(2, "bf16" if autocast else "fp32", autocast)
         config["zero_optimization"]["reduce_bucket_size"] = bucket
         engines[name] = Engine(SparseMLM(bert(n_tokens, pad_vocab=True)), config, 0.01)
     generator = torch.Generator().manual_seed(rank)

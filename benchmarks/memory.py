@@ -24,10 +24,9 @@ import torch
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from benchmarks.common import BATCH, MASK_RATE, SEQ
+from benchmarks.common import BATCH, MASK_RATE, SEQ, engine_config
 from benchmarks.train import bert
-from plm_ray.config import PRESETS
-from plm_ray.engine import Engine, deepspeed_config
+from plm_ray.engine import Engine
 from plm_ray.model import SparseMLM
 
 STAGES = (0, 1, 2, 3)
@@ -53,22 +52,7 @@ def measure_rank(config: dict[str, Any]) -> None:
     baseline = live_tensor_bytes()
     engine = Engine(
         SparseMLM(bert(config["n_tokens"], pad_vocab=True)),
-        deepspeed_config(
-            micro_batch=BATCH,
-            grad_accum=1,
-            zero_stage=config["stage"],
-            offload=False,
-            precision=config["weights"],
-            learning_rate=1e-4,
-            weight_decay=0.01,
-            warmup_steps=1,
-            total_steps=100,
-            schedule="linear",
-            grad_clip=1.0,
-            hidden_size=PRESETS["mini"][1],
-            autocast=False,
-            use_gpu=False,
-        ),
+        engine_config(config["stage"], config["weights"], autocast=False),
         0.01,
     )
     generator = torch.Generator().manual_seed(rank)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +67,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     gcs, dash = _port(), _port()
     # As a user's client must: token auth stays on; the token is read from ~/.ray/auth_token.
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token"}
+    second_temp = tempfile.mkdtemp(prefix="ray2-", dir="/tmp")
     procs = [
         _start(
             [
@@ -86,6 +89,10 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         while _ray("job", "list", "--address", address, env=env).returncode != 0:
             assert time.time() < deadline, "the Ray job server did not come up"
             time.sleep(2)
+        # The second node gets its own temp dir, as a second machine would: sharing the head's, its
+        # runtime-env agent re-extracted the job's working dir in place (rmtree, unpack) under the
+        # job's driver, whose cwd then no longer existed (`getcwd` failed in its next import).
+        # Short, under /tmp: Ray's socket paths live there and must stay under 108 characters.
         procs.append(
             _start(
                 [
@@ -93,6 +100,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                     "--node-ip-address=127.0.0.1",
                     "--num-cpus=2",
                     '--resources={"second_node": 1}',
+                    f"--temp-dir={second_temp}",
                 ],
                 env,
             )
@@ -101,6 +109,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     finally:
         for proc in reversed(procs):
             _stop(proc)
+        shutil.rmtree(second_temp, ignore_errors=True)
 
 
 def _submit(head: dict[str, Any], script: str, *sets: str) -> tuple[int, str, str]:
