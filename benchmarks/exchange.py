@@ -2,7 +2,7 @@
 
 The same engine step (the benchmark BERT, batch 32 x 128, plm-ray's CPU precision) in two one-thread
 processes joined by gloo, no Ray: DeepSpeed's reduce bucket at hidden² (the Hugging Face
-integration's "auto", what plm-ray keeps on GPUs) and at plm-ray's CPU size (`GLOO_MIN_BUCKET`).
+integration's "auto", what plm-ray keeps on GPUs) and at the size plm-ray's config chooses for CPU workers.
 Both engines live in the same processes and step in alternation, so a machine whose speed drifts
 slows both alike; torch.profiler counts the collectives one step makes.
 
@@ -24,13 +24,14 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.common import BATCH, MASK_RATE, SEQ, engine_config, median
 from benchmarks.train import bert
 from plm_ray.config import PRESETS
-from plm_ray.engine import GLOO_MIN_BUCKET, Engine
+from plm_ray.engine import Engine
 from plm_ray.model import SparseMLM
 from plm_ray.ports import free_port
 
 WARMUP_ROUNDS, TIMED_ROUNDS = 2, 16
 HIDDEN = PRESETS["mini"][1]
-BUCKETS = {"hidden²": HIDDEN * HIDDEN, "plm-ray CPU": GLOO_MIN_BUCKET}
+# plm-ray's CPU bucket is whatever its config chooses for CPU workers (engine_config: use_gpu=False)
+BUCKETS = {"hidden²": HIDDEN * HIDDEN, "plm-ray CPU": None}
 
 
 def batch(n_tokens: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -48,7 +49,8 @@ def rank_main(rank: int, n_tokens: int, autocast: bool, port: int, out: str) -> 
     engines = {}
     for name, bucket in BUCKETS.items():
         config = engine_config(2, "bf16" if autocast else "fp32", autocast)
-        config["zero_optimization"]["reduce_bucket_size"] = bucket
+        if bucket is not None:
+            config["zero_optimization"]["reduce_bucket_size"] = bucket
         engines[name] = Engine(SparseMLM(bert(n_tokens, pad_vocab=True)), config, 0.01)
     generator = torch.Generator().manual_seed(rank)
     times: dict[str, list[float]] = {name: [] for name in engines}
@@ -65,7 +67,7 @@ def rank_main(rank: int, n_tokens: int, autocast: bool, port: int, out: str) -> 
             engine.train_step(batch(n_tokens, generator))
         step_seconds = median(times[name])
         result[name] = {
-            "bucket_elements": BUCKETS[name],
+            "bucket_elements": engine.engine.zero_reduce_bucket_size(),
             "collectives_per_step": sum(e.count for e in prof.key_averages() if e.key.startswith("c10d::")),
             "step_ms": step_seconds * 1e3,
             "tokens_per_second": 2 * BATCH * SEQ / step_seconds,
