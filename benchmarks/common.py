@@ -1,6 +1,5 @@
 """What every benchmark needs: medians, the matmul peak, useful-FLOP counts, peak memory of a
-process tree, running the real `plm-ray` command, and the engine config of the benchmarks that build
-plm-ray's engine directly."""
+process tree and running the real `plm-ray` command."""
 
 from __future__ import annotations
 
@@ -17,9 +16,6 @@ from typing import Any
 import psutil
 import torch
 
-from plm_ray.config import PRESETS
-from plm_ray.engine import deepspeed_config
-
 ROOT = Path(__file__).resolve().parent.parent
 # The shape the throughput targets are stated for: BERT 4 layers / 256 hidden, vocab 30,522, 32 x 128.
 MODEL_SETS = [
@@ -30,26 +26,6 @@ MODEL_SETS = [
     "masking.probability=0.15",
 ]
 SEQ, BATCH, MASK_RATE = 128, 32, 0.15
-
-
-def engine_config(zero_stage: int, precision: str, autocast: bool) -> dict[str, Any]:
-    """plm-ray's DeepSpeed config for the benchmark BERT on CPU workers (gloo), batch 32, no accumulation."""
-    return deepspeed_config(
-        micro_batch=BATCH,
-        grad_accum=1,
-        zero_stage=zero_stage,
-        offload=False,
-        precision=precision,
-        learning_rate=1e-4,
-        weight_decay=0.01,
-        warmup_steps=1,
-        total_steps=100,
-        schedule="linear",
-        grad_clip=1.0,
-        hidden_size=PRESETS["mini"][1],
-        autocast=autocast,
-        use_gpu=False,
-    )
 
 
 def median(values: list[float]) -> float:

@@ -21,8 +21,9 @@ import torch
 import torch.multiprocessing as mp
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import BATCH, MASK_RATE, SEQ, engine_config, median
+from benchmarks.common import BATCH, MASK_RATE, SEQ, median
 from benchmarks.train import bert
+from benchmarks.zero import engine_config
 from plm_ray.config import PRESETS
 from plm_ray.engine import Engine
 from plm_ray.model import SparseMLM
@@ -48,7 +49,7 @@ def rank_main(rank: int, n_tokens: int, autocast: bool, port: int, out: str) -> 
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
     engines = {}
     for name, bucket in BUCKETS.items():
-        config = engine_config(2, "bf16" if autocast else "fp32", autocast)
+        config = engine_config(2, "bf16" if autocast else "fp32", use_gpu=False)
         if bucket is not None:
             config["zero_optimization"]["reduce_bucket_size"] = bucket
         engines[name] = Engine(SparseMLM(bert(n_tokens, pad_vocab=True)), config, 0.01)

@@ -24,8 +24,9 @@ import torch
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from benchmarks.common import BATCH, MASK_RATE, SEQ, engine_config
+from benchmarks.common import BATCH, MASK_RATE, SEQ
 from benchmarks.train import bert
+from benchmarks.zero import engine_config
 from plm_ray.engine import Engine
 from plm_ray.model import SparseMLM
 
@@ -52,7 +53,8 @@ def measure_rank(config: dict[str, Any]) -> None:
     baseline = live_tensor_bytes()
     engine = Engine(
         SparseMLM(bert(config["n_tokens"], pad_vocab=True)),
-        engine_config(config["stage"], config["weights"], autocast=False),
+        # fp32 weights: the CPU config; bf16 weights: the GPU config (DeepSpeed's bf16 mode), run here on CPU
+        engine_config(config["stage"], config["weights"], use_gpu=config["weights"] == "bf16"),
         0.01,
     )
     generator = torch.Generator().manual_seed(rank)

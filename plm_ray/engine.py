@@ -69,9 +69,9 @@ def deepspeed_config(
     schedule: str,
     grad_clip: float,
     hidden_size: int,
-    autocast: bool,
     use_gpu: bool,
 ) -> dict[str, Any]:
+    autocast = uses_autocast(precision, use_gpu)
     # DeepSpeed's schedulers refuse 0 warm-up steps; one step at lr 0 is what warm-up costs anyway
     warmup = max(1, min(warmup_steps, total_steps - 1))
     scheduler = (

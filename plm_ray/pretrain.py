@@ -111,7 +111,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     # Worker-only imports: the driver and Ray Train's controller unpickle this function by reference,
     # and importing DeepSpeed and the model classes there cost seconds of start-up for nothing.
     from plm_ray.data.tokenizer import load_tokenizer
-    from plm_ray.engine import Engine, deepspeed_config, resolve_precision, uses_autocast
+    from plm_ray.engine import Engine, deepspeed_config, resolve_precision
     from plm_ray.model import SparseMLM, attention_implementation, build_mlm
 
     # DeepSpeed's ZeRO collectives call a torch API deprecated in 2.13; once per step is noise.
@@ -148,7 +148,6 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             schedule=p.schedule,
             grad_clip=p.grad_clip,
             hidden_size=model.config.hidden_size,
-            autocast=uses_autocast(precision, p.use_gpu),
             use_gpu=p.use_gpu,
         ),
         p.weight_decay,

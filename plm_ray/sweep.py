@@ -88,7 +88,7 @@ def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
     import transformers
 
     from plm_ray.data.tokenizer import load_tokenizer
-    from plm_ray.engine import Engine, deepspeed_config, ensure_process_group, resolve_precision, uses_autocast
+    from plm_ray.engine import Engine, deepspeed_config, ensure_process_group, resolve_precision
     from plm_ray.model import Classifier, attention_implementation, build_classifier
 
     transformers.logging.set_verbosity_error()  # the new head's MISSING/UNEXPECTED report is expected here
@@ -132,7 +132,6 @@ def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
             schedule="linear",
             grad_clip=1.0,
             hidden_size=model.config.hidden_size,
-            autocast=uses_autocast(precision, use_gpu),
             use_gpu=use_gpu,
         ),
         s.weight_decay,
