@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import ray
 import yaml
 
 from plm_ray import checkpoints
-from plm_ray.cluster import STARTUP_MARKS, ensure_ray
+from plm_ray.cluster import STARTUP, ensure_ray
 from plm_ray.config import Config, ConfigError
 from plm_ray.data import embedded
 from plm_ray.data.corpus import read_corpus
@@ -39,6 +38,7 @@ EMBEDDED = {"corpus": "corpus", "train": "train.tsv", "dev": "dev.tsv"}
 def start_run(cfg: Config, stages: list[str], resume: bool, overwrite: bool) -> tuple[Store, str]:
     """Pick the run name, refuse to silently overwrite a completed stage, check every input, and
     only then replace what --overwrite replaces: the whole run for pre-training, else the sweep."""
+    STARTUP.begin()
     store = Store(cfg.store)
     store.check_access()
     cfg.store.root = store.root_uri  # workers and trials run in other directories
@@ -109,8 +109,8 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
     if store.exists(run, "pretrain", "result.json"):
         print(f"[plm-ray] pretrain already complete for {run}; reusing it", flush=True)
         return store.read_json(run, "pretrain", "result.json")
-    entered = time.time()
     ensure_ray()
+    entered = time.time()
     d = cfg.data
     location = embedded_inputs(store, run, cfg.run.seed)["corpus"] if d.corpus == "embedded" else d.corpus
     corpus = read_corpus(d, store, location)
@@ -143,7 +143,7 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
     )
     packed = time.time()
     metrics = run_pretraining(cfg, store, run, train, np.stack([r["input_ids"] for r in eval_rows]))
-    command_start = psutil.Process().create_time()
+    began, marks = STARTUP.began, STARTUP.marks
     result = {
         "steps": metrics["step"],
         "tokens": metrics["tokens"],
@@ -151,14 +151,14 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         "wall_seconds": metrics["wall_seconds"],
         "train_seconds": metrics["train_seconds"],  # all attempts' training time: what a budget limits
         "stopped_by": metrics["stopped_by"],
-        # from the command's start (this process) to the first optimizer step
-        "startup_seconds": metrics["first_step_unix"] - command_start,
+        # from the command's start (the process's, for its first command) to the first optimizer step
+        "startup_seconds": metrics["first_step_unix"] - began,
         # where that went (the last attempt's workers); BENCHMARKS.md prints it for a cold and a warm run
         # numbered: JSON readers (and the store) sort keys
         "startup_phases": {
-            "1 imports": STARTUP_MARKS["imported"] - command_start,
-            "2 Ray start, torch imports beside it": STARTUP_MARKS["ray_ready"] - STARTUP_MARKS["imported"],
-            "3 rest of the imports, input checks": entered - STARTUP_MARKS["ray_ready"],
+            "1 imports": marks["imported"] - began,
+            "2 Ray start, torch imports beside it": marks["ray_ready"] - marks["imported"],
+            "3 rest of the imports, input checks": entered - marks["ray_ready"],
             "4 tokenizer, packing": packed - entered,
             "5 Train controller, workers": metrics["loop_start_unix"] - packed,
             "6 worker imports, model, DeepSpeed": metrics["engine_ready_unix"] - metrics["loop_start_unix"],
