@@ -20,6 +20,7 @@ import transformers
 
 from benchmarks.common import BATCH, MASK_RATE, ROOT, SEQ, matmul_peak_flops, run_python, table, useful_flops_per_token
 from benchmarks.data import run_data
+from benchmarks.profile import ORDER
 from benchmarks.train import plm_ray_pretrain, run_scaling, run_training, tokenizer_set
 from plm_ray.config import PRESETS
 from plm_ray.model import padded_vocab
@@ -41,6 +42,33 @@ def startup(store: Path, shard: Path) -> dict[str, dict[str, float]]:
             runs[kind] = {**result["startup_phases"], "total": result["startup_seconds"]}
         del os.environ["TORCH_EXTENSIONS_DIR"]
     return runs
+
+
+def step_breakdown(train: dict[str, Any], flops: float, peaks: dict[str, float]) -> tuple[str, list[str], list[list]]:
+    """Table 1b: the plain loops' steps by kind of work, the rate of their matmuls alone (what the
+    useful-FLOP fraction would be if nothing else took time) and the step time 50 % would need."""
+    profiles = {"fp32": train["d_profile"], "bf16": train["d16_profile"]}
+    step_flops = flops * BATCH * SEQ
+    total = {dtype: sum(p.values()) for dtype, p in profiles.items()}
+    rows: list[list] = [
+        [kind, *[x for d, p in profiles.items() for x in (p[kind], f"{p[kind] / total[d]:.1%}")]] for kind in ORDER
+    ]
+    rows.append(["whole step (profiled)", *[x for d in profiles for x in (total[d], "")]])
+    rows.append(
+        [
+            "matmuls alone: useful FLOP/s, of the peak",
+            *[x for d, p in profiles.items() for x in (f"{step_flops / (p['matmuls'] / 1e3) / peaks[d]:.1%}", "")],
+        ]
+    )
+    rows.append(
+        ["step time 50 % of the peak needs", *[x for d in profiles for x in (step_flops / (0.5 * peaks[d]) * 1e3, "")]]
+    )
+    return (
+        "1b. Where a step of the plain loops goes: (d) fp32 and (d16) bf16, torch.profiler, self time of each op, "
+        "ms per step",
+        ["kind of work", "(d) fp32 ms", "share", "(d16) bf16 ms", "share"],
+        rows,
+    )
 
 
 def memory(n_tokens: int) -> dict[str, Any]:
@@ -99,7 +127,7 @@ def main() -> None:
                 f"1. Training step: BERT {layers}L/{hidden}H, vocab {train['vocab']:,} (plm-ray pads it to "
                 f"{padded_vocab(train['vocab']):,}), {BATCH}x{SEQ}, {threads} threads; useful "
                 f"{flops / 1e6:.1f} MFLOP/token; matmul peak fp32 {peaks['fp32'] / 1e9:.0f}, "
-                f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s",
+                f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; (a) and (b): median of a first and a last run",
                 ["recipe", "tokens/s", "useful GFLOP/s", "of its precision's peak", "vs (b)", "vs (b16)"],
                 [
                     [
@@ -115,6 +143,7 @@ def main() -> None:
             ),
             flush=True,
         )
+        print(table(*step_breakdown(train, flops, peaks)), flush=True)
         cpu = train["a_result"]["cpu_seconds"]
         print(
             table(
@@ -211,6 +240,8 @@ def main() -> None:
         "cold_start_seconds": start["cold"]["total"],
         "warm_start_phases": start["warm"],
         "train_tokens_per_second": {k: train[k] for k in recipes},
+        "train_a_b_runs": {"a": train["a_runs"], "b": train["b_runs"]},
+        "train_step_ms_by_kind": {"fp32": train["d_profile"], "bf16": train["d16_profile"]},
         "train_precision": precision,
         "matmul_peak_gflops": {k: v / 1e9 for k, v in peaks.items()},
         "useful_mflop_per_token": flops / 1e6,

@@ -10,6 +10,8 @@
    (c) a plain PyTorch loop with the same collator and the model's dense MLM head (fp32),
    (d) a plain PyTorch loop with plm-ray's masking and sparse head (fp32), to show the engine's cost,
    and (d16) the same under bf16 autocast.
+   (a) and (b), the headline ratio, run first and again last, and each side is the median of its two.
+1b. Where a step of (d) and (d16) goes, by kind of work (benchmarks/profile.py).
 3. plm-ray pre-training with 1 worker vs 2 workers, one CPU each: both ZeRO-2 (like for like) and
    as plm-ray runs by default (ZeRO-0 on one worker), beside this machine's ceiling for it: the plain
    loop in two independent processes at once against one alone.
@@ -22,11 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 from transformers import (
     BertForMaskedLM,
     DataCollatorForLanguageModeling,
@@ -36,12 +40,13 @@ from transformers import (
 )
 
 from benchmarks.common import BATCH, MASK_RATE, MODEL_SETS, ROOT, SEQ, median, plm_ray, steady_tokens_per_second
+from benchmarks.profile import OPTIMIZER_SCOPE, step_profile
 from plm_ray.config import MaskingSection, ModelSection
 from plm_ray.data.masking import MaskingTables, mask_tokens
 from plm_ray.data.tokenizer import load_tokenizer
 from plm_ray.model import SparseMLM, build_config, padded_vocab
 
-WARMUP_STEPS, TIMED_STEPS = 3, 8
+WARMUP_STEPS, TIMED_STEPS, PROFILED_STEPS = 3, 8, 4
 
 
 def plm_ray_pretrain(store: Path, corpus: str, run: str, workers: int, cpus: int, extra: list[str]) -> dict[str, Any]:
@@ -129,19 +134,18 @@ def hf_trainer(tokenizer: Any, blocks: np.ndarray, threads: int, bf16: bool) -> 
     return BATCH * SEQ / median(list(intervals))
 
 
-def plain_loop(tokenizer: Any, blocks: np.ndarray, threads: int, sparse: bool, autocast: bool = False) -> float:
-    """A hand-written loop: AdamW, clipping, and either the HF collator + dense head or plm-ray's
-    masking + sparse head, in fp32 or under bf16 autocast (plm-ray's CPU bf16). Tokens/s is the
-    median per-step time, data preparation included."""
+def plain_step(tokenizer: Any, blocks: np.ndarray, threads: int, sparse: bool, autocast: bool) -> Callable[[int], None]:
+    """Step i of a hand-written loop: AdamW, clipping, and either the HF collator + dense head or
+    plm-ray's masking + sparse head, in fp32 or under bf16 autocast (plm-ray's CPU bf16), data
+    preparation included."""
     torch.set_num_threads(threads)
     model = bert(len(tokenizer), pad_vocab=sparse)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tables = MaskingTables.from_tokenizer(tokenizer)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=MASK_RATE)
     sparse_model = SparseMLM(model)
-    times = []
-    for i in range(WARMUP_STEPS + TIMED_STEPS):
-        start = time.perf_counter()
+
+    def step(i: int) -> None:
         chunk = torch.from_numpy(blocks[(i * BATCH) % len(blocks) :][:BATCH])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             if sparse:
@@ -150,34 +154,67 @@ def plain_loop(tokenizer: Any, blocks: np.ndarray, threads: int, sparse: bool, a
                 batch = collator([{"input_ids": row} for row in chunk.tolist()])
                 loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with record_function(OPTIMIZER_SCOPE):  # a label for benchmark 1b's profile, nothing when not profiling
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def plain_loop(tokenizer: Any, blocks: np.ndarray, threads: int, sparse: bool, autocast: bool = False) -> float:
+    """Tokens/s of `plain_step`: the median per-step time after warm-up."""
+    step = plain_step(tokenizer, blocks, threads, sparse, autocast)
+    times = []
+    for i in range(WARMUP_STEPS + TIMED_STEPS):
+        start = time.perf_counter()
+        step(i)
         times.append(time.perf_counter() - start)
     return BATCH * SEQ / median(times[WARMUP_STEPS:])
 
 
+def plain_profile(tokenizer: Any, blocks: np.ndarray, threads: int, autocast: bool) -> dict[str, float]:
+    """Benchmark 1b for (d) or (d16): milliseconds per step by kind of work."""
+    step = plain_step(tokenizer, blocks, threads, sparse=True, autocast=autocast)
+    for i in range(WARMUP_STEPS):
+        step(i)
+    return step_profile(step, WARMUP_STEPS, PROFILED_STEPS)
+
+
 def run_training(store: Path, shard: Path, threads: int) -> dict[str, Any]:
     """Benchmark 1. (a) also trains the 30,522-token WordPiece the other recipes then load."""
+    # The headline pair, (a) and (b), is measured first and last in the order A B ... B A: a machine
+    # whose speed drifts during the benchmark's ~10 minutes then favours neither side.
     a = plm_ray_pretrain(store, str(shard), "bench-train", 1, threads, [])
+    tokenizer = load_tokenizer(str(store / "bench-train" / "tokenizer"))
+    blocks = blocks_for(tokenizer, shard, BATCH * (WARMUP_STEPS + TIMED_STEPS + 2))
+    b = [hf_trainer(tokenizer, blocks, threads, bf16=False)]
     fp32 = [tokenizer_set(store), "pretrain.precision=fp32"]
     zero2 = [tokenizer_set(store), "pretrain.zero_stage=2"]
     a2 = plm_ray_pretrain(store, str(shard), "bench-zero2", 1, threads, zero2)
     a32 = plm_ray_pretrain(store, str(shard), "bench-fp32", 1, threads, fp32)
     a0 = plm_ray_pretrain(store, str(shard), "bench-nodrop", 1, threads, [tokenizer_set(store), "model.dropout=0"])
-    tokenizer = load_tokenizer(str(store / "bench-train" / "tokenizer"))
-    blocks = blocks_for(tokenizer, shard, BATCH * (WARMUP_STEPS + TIMED_STEPS + 2))
-    return {
-        "a": steady_tokens_per_second(a["history"], skip_steps=10),
-        "a2": steady_tokens_per_second(a2["history"], skip_steps=10),
-        "a32": steady_tokens_per_second(a32["history"], skip_steps=10),
-        "a0": steady_tokens_per_second(a0["history"], skip_steps=10),
-        "b": hf_trainer(tokenizer, blocks, threads, bf16=False),
+    rates = {
         "b16": hf_trainer(tokenizer, blocks, threads, bf16=True),
         "c": plain_loop(tokenizer, blocks, threads, sparse=False),
         "d": plain_loop(tokenizer, blocks, threads, sparse=True),
         "d16": plain_loop(tokenizer, blocks, threads, sparse=True, autocast=True),
+    }
+    b.append(hf_trainer(tokenizer, blocks, threads, bf16=False))
+    a_again = plm_ray_pretrain(store, str(shard), "bench-train-again", 1, threads, [tokenizer_set(store)])
+    a_runs = [steady_tokens_per_second(run["history"], skip_steps=10) for run in (a, a_again)]
+    return {
+        "a": median(a_runs),
+        "a2": steady_tokens_per_second(a2["history"], skip_steps=10),
+        "a32": steady_tokens_per_second(a32["history"], skip_steps=10),
+        "a0": steady_tokens_per_second(a0["history"], skip_steps=10),
+        "b": median(b),
+        **rates,
+        "d_profile": plain_profile(tokenizer, blocks, threads, autocast=False),
+        "d16_profile": plain_profile(tokenizer, blocks, threads, autocast=True),
         "vocab": len(tokenizer),
+        "a_runs": a_runs,
+        "b_runs": b,
         "a_result": a,
     }
 
