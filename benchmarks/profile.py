@@ -40,7 +40,7 @@ def kind_of(event: FunctionEvent) -> str:
 
 def step_profile(step: Callable[[int], None], first: int, steps: int) -> dict[str, float]:
     """Milliseconds per step by kind for steps first .. first+steps-1 (the caller has warmed up).
-    "outside PyTorch ops" is the wall time no op accounts for: Python, the autograd engine's own work."""
+    "outside PyTorch ops" is the wall time no profiled event accounts for, mostly Python."""
     ms = dict.fromkeys(ORDER, 0.0)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
