@@ -23,7 +23,7 @@ from benchmarks.data import run_data
 from benchmarks.profile import ORDER
 from benchmarks.train import plm_ray_pretrain, run_scaling, run_training, tokenizer_set
 from plm_ray.config import PRESETS
-from plm_ray.model import padded_vocab
+from plm_ray.model.build import padded_vocab
 
 GIB, MIB = 2**30, 2**20
 

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +22,29 @@ import torch
 import torch.multiprocessing as mp
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import BATCH, MASK_RATE, SEQ, median
+from benchmarks.common import BATCH, SEQ, median
 from benchmarks.train import bert
-from benchmarks.zero import engine_config
+from benchmarks.zero import engine_spec, random_batch
 from plm_ray.config import PRESETS
-from plm_ray.engine import Engine
-from plm_ray.model import SparseMLM
+from plm_ray.engine.engine import Engine
+from plm_ray.hardware import Hardware
+from plm_ray.model.heads import SparseMLM
 from plm_ray.ports import free_port
 
 WARMUP_ROUNDS, TIMED_ROUNDS = 2, 16
 HIDDEN = PRESETS["mini"][1]
-# plm-ray's CPU bucket is whatever its config chooses for CPU workers (engine_config: use_gpu=False)
+# plm-ray's CPU bucket is whatever its hardware layer chooses for CPU workers (Hardware.reduce_bucket)
 BUCKETS = {"hidden²": HIDDEN * HIDDEN, "plm-ray CPU": None}
 
 
-def batch(n_tokens: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    ids = torch.randint(5, n_tokens, (BATCH, SEQ), generator=generator)
-    selected = torch.rand(ids.shape, generator=generator) < MASK_RATE
-    return {"input_ids": ids, "mlm_mask": selected, "labels": ids[selected]}
+@dataclass(frozen=True)
+class FixedBucket(Hardware):
+    """CPU hardware with another reduce bucket than plm-ray's, for the comparison."""
+
+    bucket: int = 0
+
+    def reduce_bucket(self, hidden: int, zero_stage: int) -> int:
+        return self.bucket
 
 
 def rank_main(rank: int, n_tokens: int, autocast: bool, port: int, out: str) -> None:
@@ -48,16 +54,19 @@ def rank_main(rank: int, n_tokens: int, autocast: bool, port: int, out: str) -> 
 
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
     engines = {}
+    precision = "bf16" if autocast else "fp32"
     for name, bucket in BUCKETS.items():
-        config = engine_config(2, "bf16" if autocast else "fp32", use_gpu=False)
-        if bucket is not None:
-            config["zero_optimization"]["reduce_bucket_size"] = bucket
-        engines[name] = Engine(SparseMLM(bert(n_tokens, pad_vocab=True)), config, 0.01)
+        hardware = (
+            Hardware(False, precision, "eager", 1)
+            if bucket is None
+            else FixedBucket(False, precision, "eager", 1, bucket)
+        )
+        engines[name] = Engine(SparseMLM(bert(n_tokens, pad_vocab=True)), engine_spec(2), hardware)
     generator = torch.Generator().manual_seed(rank)
     times: dict[str, list[float]] = {name: [] for name in engines}
     for round_index in range(WARMUP_ROUNDS + TIMED_ROUNDS):
         for name, engine in engines.items():
-            step = batch(n_tokens, generator)
+            step = random_batch(n_tokens, generator)
             start = time.perf_counter()
             engine.train_step(step)
             if round_index >= WARMUP_ROUNDS:
@@ -65,7 +74,7 @@ def rank_main(rank: int, n_tokens: int, autocast: bool, port: int, out: str) -> 
     result: dict[str, Any] = {}
     for name, engine in engines.items():
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            engine.train_step(batch(n_tokens, generator))
+            engine.train_step(random_batch(n_tokens, generator))
         step_seconds = median(times[name])
         result[name] = {
             "bucket_elements": engine.engine.zero_reduce_bucket_size(),

@@ -24,7 +24,8 @@ from transformers import AutoModelForMaskedLM, BertForMaskedLM, PreTrainedModel
 
 from benchmarks.common import table
 from plm_ray.config import ModelSection
-from plm_ray.model import SparseMLM, build_config, build_mlm
+from plm_ray.model.build import build_config, build_mlm
+from plm_ray.model.heads import SparseMLM
 
 VOCAB, SEQ, BATCH, MASK_ID, FIRST_TOKEN = 512, 32, 32, 3, 5
 
@@ -56,7 +57,9 @@ def _xlm(embed_init_std: float = 0.0) -> PreTrainedModel:
 
 def _plm_ray_loss(model: PreTrainedModel, inputs: Tensor, selected: Tensor, labels: Tensor) -> Tensor:
     """What pre-training computes: the model's own MLM head at the masked positions (SparseMLM)."""
-    return SparseMLM(model)(input_ids=inputs, mlm_mask=selected, labels=labels)["loss"]
+    return SparseMLM(model)(input_ids=inputs, mlm_positions=selected.flatten().nonzero().squeeze(1), labels=labels)[
+        "loss"
+    ]
 
 
 def _bert_head(head: Callable[[BertForMaskedLM, Tensor], Tensor]) -> Callable[..., Tensor]:

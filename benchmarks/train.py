@@ -44,7 +44,8 @@ from benchmarks.profile import OPTIMIZER_SCOPE, step_profile
 from plm_ray.config import MaskingSection, ModelSection
 from plm_ray.data.masking import MaskingTables, mask_tokens
 from plm_ray.data.tokenizer import load_tokenizer
-from plm_ray.model import SparseMLM, build_config, padded_vocab
+from plm_ray.model.build import build_config, padded_vocab
+from plm_ray.model.heads import SparseMLM
 
 WARMUP_STEPS, TIMED_STEPS, PROFILED_STEPS = 3, 8, 4
 

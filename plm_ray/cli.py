@@ -9,6 +9,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import psutil
+
 from plm_ray.config import Config, ConfigError, StoreSection, load_config
 
 if TYPE_CHECKING:
@@ -75,7 +77,8 @@ def execute(command: str, cfg: Config, resume: bool = False, overwrite: bool = F
 
     store, run = pipeline.start_run(cfg, COMMANDS[command], resume, overwrite)
     if "pretrain" in COMMANDS[command]:
-        pipeline.pretrain(cfg, store, run)
+        # start-up counts from the process's start: Python, the imports and Ray's start are part of it
+        pipeline.pretrain(cfg, store, run, began=psutil.Process().create_time())
     if "sweep" in COMMANDS[command]:
         pipeline.sweep(cfg, store, run)
     summary = pipeline.finish(cfg, store, run)

@@ -1,47 +1,16 @@
-"""Ray for a command: join the cluster it runs on or start a local one, and the start-up marks that
-each run's result.json splits its start-up by. Light on purpose: the CLI starts Ray through this
-module while the pipeline's heavy imports (torch, transformers, Ray Train) load beside it."""
+"""Ray for a command: join the cluster it runs on or start a local one. Light on purpose: the CLI
+starts Ray through this module while the pipeline's heavy imports (torch, transformers) load beside it."""
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import psutil
 import ray
 import ray.data
 
 from plm_ray.ports import free_port
-
-
-class StartupClock:
-    """When the command running in this process began and reached each start-up mark, which its
-    result.json splits its start-up by. The first command starts with the process (Python, the
-    imports and Ray's start are its start-up; `imported` is when this module was, the CLI's first
-    plm_ray import after the config). A later command in the same process (a script or a test
-    calling the pipeline again) starts at its `begin`, with nothing left to import or start."""
-
-    def __init__(self) -> None:
-        self.began = psutil.Process().create_time()
-        self.marks: dict[str, float] = {"imported": time.time()}
-        self.commands = 0
-
-    def begin(self) -> None:
-        self.commands += 1
-        if self.commands > 1:
-            self.began = time.time()
-            self.marks = {"imported": self.began}
-            if ray.is_initialized():
-                self.marks["ray_ready"] = self.began
-
-    def mark(self, name: str) -> None:
-        """The first time this command got to `name`."""
-        self.marks.setdefault(name, time.time())
-
-
-STARTUP = StartupClock()
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -60,7 +29,6 @@ def ensure_ray(num_cpus: int | None = None) -> None:
             )
     elif not ray.is_initialized():
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
-    STARTUP.mark("ray_ready")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     # Tokenize + pack in corpus order: a restarted run must cut the very same blocks.

@@ -73,7 +73,6 @@ PRESETS = {
     "base": (12, 768, 12, 3072),
     "large": (24, 1024, 16, 4096),
 }
-ARCHS = ("bert", "roberta", "xlm", "convbert")
 
 
 @dataclass
@@ -118,6 +117,14 @@ class PretrainSection:
     max_failures: int = 0
     comm_timeout_s: int = 600  # collectives that hang longer raise instead of waiting forever
     compile: bool = False  # torch.compile the model through DeepSpeed (see BENCHMARKS.md before enabling)
+
+
+@dataclass
+class OptimizerSection:
+    """AdamW for pre-training and every trial; learning rates and weight decay belong to each stage."""
+
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
 
 
 def resolve_zero_stage(requested: int, world: int, offload: bool) -> int:
@@ -171,6 +178,7 @@ class Config:
     masking: MaskingSection = field(default_factory=MaskingSection)
     model: ModelSection = field(default_factory=ModelSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     sweep: SweepSection = field(default_factory=SweepSection)
 
     def to_dict(self) -> dict[str, Any]:
@@ -281,6 +289,8 @@ def validate(cfg: Config) -> None:
         k.mask_fraction,
         "mask_fraction + random_fraction must lie in [0, 1]",
     )
+    from plm_ray.model.archs import ARCHS
+
     _check(m.arch in ARCHS, "model.arch", m.arch, f"must be one of {', '.join(ARCHS)}")
     _check(m.attention in ("auto", "sdpa", "eager"), "model.attention", m.attention, "must be auto, sdpa or eager")
 

@@ -18,15 +18,15 @@ import numpy as np
 import ray
 import yaml
 
-from plm_ray import checkpoints
-from plm_ray.cluster import STARTUP, ensure_ray
+from plm_ray.cluster import ensure_ray
 from plm_ray.config import Config, ConfigError
 from plm_ray.data import embedded
 from plm_ray.data.corpus import read_corpus
 from plm_ray.data.labeled import prepare_labeled, read_labeled
 from plm_ray.data.packing import packed_blocks
 from plm_ray.data.tokenizer import load_tokenizer, prepare_tokenizer
-from plm_ray.pretrain import check_resources, run_pretraining
+from plm_ray.pretrain import checkpoints
+from plm_ray.pretrain.stage import check_resources, run_pretraining
 from plm_ray.store import Store
 
 # The model classes, Ray Tune and matplotlib are imported by the stage that uses them: a command's
@@ -38,7 +38,6 @@ EMBEDDED = {"corpus": "corpus", "train": "train.tsv", "dev": "dev.tsv"}
 def start_run(cfg: Config, stages: list[str], resume: bool, overwrite: bool) -> tuple[Store, str]:
     """Pick the run name, refuse to silently overwrite a completed stage, check every input, and
     only then replace what --overwrite replaces: the whole run for pre-training, else the sweep."""
-    STARTUP.begin()
     store = Store(cfg.store)
     store.check_access()
     cfg.store.root = store.root_uri  # workers and trials run in other directories
@@ -66,7 +65,7 @@ def preflight(cfg: Config, store: Store, run: str, stages: list[str], overwrite:
     if "pretrain" in stages and (overwrite or not store.exists(run, "pretrain", "result.json")):
         check_resources(cfg)
         if cfg.model.init_from and "://" not in cfg.model.init_from:
-            from plm_ray.model import check_positions
+            from plm_ray.model.build import check_positions
 
             check_positions(cfg.model.init_from, cfg.data.block_size)
         if cfg.data.corpus != "embedded":
@@ -77,7 +76,7 @@ def preflight(cfg: Config, store: Store, run: str, stages: list[str], overwrite:
             checkpoints.check_compatible(saved["config"], cfg.to_dict(), store.uri(run, "pretrain", latest))
             print(f"[plm-ray] pretrain of {run} continues from {latest} (step {saved['step']})", flush=True)
     if "sweep" in stages and (overwrite or not store.exists(run, cfg.sweep.name, "result.json")):
-        from plm_ray.sweep import check_trial_resources
+        from plm_ray.sweep.stage import check_trial_resources
 
         check_trial_resources(cfg)
         if cfg.sweep.model not in ("", "random"):
@@ -105,12 +104,14 @@ def run_tokenizer(cfg: Config, store: Store, run: str, corpus: ray.data.Dataset 
         return tokenizer
 
 
-def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
+def pretrain(cfg: Config, store: Store, run: str, began: float | None = None) -> dict[str, Any]:
+    """Tokenize, pack and pre-train; `began` is when the command began (default: now), which its
+    start-up (seconds to the first optimizer step) is counted from."""
     if store.exists(run, "pretrain", "result.json"):
         print(f"[plm-ray] pretrain already complete for {run}; reusing it", flush=True)
         return store.read_json(run, "pretrain", "result.json")
     ensure_ray()
-    entered = time.time()
+    began = began or time.time()
     d = cfg.data
     location = embedded_inputs(store, run, cfg.run.seed)["corpus"] if d.corpus == "embedded" else d.corpus
     corpus = read_corpus(d, store, location)
@@ -141,9 +142,7 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         f"in {time.time() - started:.1f}s",
         flush=True,
     )
-    packed = time.time()
     metrics = run_pretraining(cfg, store, run, train, np.stack([r["input_ids"] for r in eval_rows]))
-    began, marks = STARTUP.began, STARTUP.marks
     result = {
         "steps": metrics["step"],
         "tokens": metrics["tokens"],
@@ -151,19 +150,7 @@ def pretrain(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         "wall_seconds": metrics["wall_seconds"],
         "train_seconds": metrics["train_seconds"],  # all attempts' training time: what a budget limits
         "stopped_by": metrics["stopped_by"],
-        # from the command's start (the process's, for its first command) to the first optimizer step
         "startup_seconds": metrics["first_step_unix"] - began,
-        # where that went (the last attempt's workers); BENCHMARKS.md prints it for a cold and a warm run
-        # numbered: JSON readers (and the store) sort keys
-        "startup_phases": {
-            "1 imports": marks["imported"] - began,
-            "2 Ray start, torch imports beside it": marks["ray_ready"] - marks["imported"],
-            "3 rest of the imports, input checks": entered - marks["ray_ready"],
-            "4 tokenizer, packing": packed - entered,
-            "5 Train controller, workers": metrics["loop_start_unix"] - packed,
-            "6 worker imports, model, DeepSpeed": metrics["engine_ready_unix"] - metrics["loop_start_unix"],
-            "7 data stream, first step": metrics["first_step_unix"] - metrics["engine_ready_unix"],
-        },
         "final_loss": metrics["loss"],
         "eval_loss": metrics["eval_loss"],
         "eval_perplexity": metrics["eval_perplexity"],
@@ -197,7 +184,7 @@ def _model_to_finetune(cfg: Config, store: Store, run: str) -> tuple[str, str]:
     """(checkpoint to fine-tune or "" for random init, directory holding the random-init shape)."""
     s = cfg.sweep
     if s.model == "random":
-        from plm_ray.model import build_config
+        from plm_ray.model.build import build_config
 
         tokenizer = run_tokenizer(cfg, store, run, None)
         shape = build_config(cfg.model, len(tokenizer), cfg.data.block_size, tokenizer.pad_token_id)
@@ -230,7 +217,7 @@ def sweep(cfg: Config, store: Store, run: str) -> dict[str, Any]:
         flush=True,
     )
     started = time.time()
-    from plm_ray.sweep import run_sweep
+    from plm_ray.sweep.stage import run_sweep
 
     result = run_sweep(cfg, store, run, model, random_like, labels)
     result.update(model=model or "random", labels=labels, wall_seconds=time.time() - started)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import ray
+import torch.distributed as dist
 
 from plm_ray.config import Config, load_config
 
@@ -41,6 +44,26 @@ def ray_cluster() -> Iterator[None]:
     ensure_ray(num_cpus=2)  # as a command starts its local Ray
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def one_rank_group() -> Iterator[None]:
+    """A one-rank process group in this process, as a sweep trial makes one (the budget broadcasts
+    over it; an engine needs it), gone afterwards with its MASTER_* variables (Ray clusters that later
+    tests start inherit this process's environment). MASTER_PORT is set to a port in use, as a shell
+    or a parent process can leave it: a trial's group takes a fresh port of its own (16 trials once
+    failed EADDRINUSE on one inherited port)."""
+    with socket.socket() as taken, mock.patch.dict(os.environ):
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        os.environ["MASTER_PORT"] = str(taken.getsockname()[1])
+        from plm_ray.engine.engine import ensure_process_group
+        from plm_ray.hardware import Hardware
+
+        ensure_process_group(Hardware(False, "fp32", "eager", 1))
+        assert dist.get_world_size() == 1 and os.environ["MASTER_PORT"] != str(taken.getsockname()[1])
+        yield
+        dist.destroy_process_group()
 
 
 def small_config(store: Path | None, run: str, *extra: str) -> Config:

@@ -58,5 +58,5 @@ def test_shipped_configs_load():
     loaded = {p.name: load_config(p) for p in sorted(configs.glob("*.yaml"))}
     assert {"wiki_sst2.yaml", "gpu_bert_base.yaml", "gpu_sweep.yaml"} <= set(loaded)
     gpu = loaded["gpu_bert_base.yaml"].pretrain
-    assert gpu.use_gpu and gpu.num_workers == 8 and gpu.precision == "auto" and gpu.zero_stage == 2
+    assert gpu.use_gpu and gpu.num_workers == 8 and gpu.precision == "auto" and gpu.zero_stage == -1
     assert loaded["gpu_sweep.yaml"].sweep.gpus_per_trial == 0.5

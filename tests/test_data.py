@@ -9,12 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from plm_ray.config import ConfigError, DataSection, MaskingSection, StoreSection, TokenizerSection
+from plm_ray.config import ConfigError, DataSection, StoreSection, TokenizerSection
 from plm_ray.data import embedded
 from plm_ray.data.corpus import read_corpus
-from plm_ray.data.masking import MaskingTables, mask_tokens
 from plm_ray.data.packing import is_eval_document, packed_blocks, tokenized
 from plm_ray.data.tokenizer import prepare_tokenizer
 from plm_ray.store import Store
@@ -112,35 +110,6 @@ def test_eval_split_is_deterministic_and_disjoint():
     held = [t for t in LINES if is_eval_document(t, 0.2)]
     assert held == [t for t in LINES if is_eval_document(t, 0.2)]
     assert 0.1 < len(held) / len(LINES) < 0.3
-
-
-def test_masking_statistics_and_special_tokens(tokenizer):
-    tables = MaskingTables.from_tokenizer(tokenizer)
-    ids = torch.tensor([tokenizer(t).input_ids[:40] for t in LINES if len(tokenizer(t).input_ids) >= 40][:200])
-    out = mask_tokens(ids, tables, MaskingSection(), torch.Generator().manual_seed(0))
-    special = tables.special[ids]
-    selected = out["mlm_mask"]
-    assert not (selected & special).any()
-    rate = selected.sum() / (~special).sum()
-    assert abs(rate.item() - 0.15) < 0.02
-    changed = out["input_ids"][selected]
-    frac_mask = (changed == tokenizer.mask_token_id).float().mean().item()
-    frac_keep = (changed == ids[selected]).float().mean().item()
-    assert abs(frac_mask - 0.8) < 0.05 and abs(frac_keep - 0.1) < 0.04
-    assert torch.equal(out["labels"], ids[selected])
-    assert torch.equal(out["input_ids"][~selected], ids[~selected])
-
-
-def test_whole_word_masking_takes_all_pieces(tokenizer):
-    tables = MaskingTables.from_tokenizer(tokenizer)
-    text = " ".join(["unbelievably", "extraordinarily", "incomprehensibilities"] * 20)
-    ids = torch.tensor([tokenizer(text).input_ids])
-    assert tables.continuation[ids].any(), "test text must split into WordPiece pieces"
-    out = mask_tokens(ids, tables, MaskingSection(whole_word=True, probability=0.3), torch.Generator().manual_seed(1))
-    sel, cont = out["mlm_mask"][0], tables.continuation[ids][0]
-    for i in range(1, ids.shape[1]):
-        if cont[i]:
-            assert sel[i] == sel[i - 1], "a word piece was masked apart from its word"
 
 
 def test_a_10_mb_line_is_one_document_packed_in_full(tmp_path: Path, store: Store, tokenizer):

@@ -20,8 +20,9 @@ import psutil
 import pytest
 
 from benchmarks.common import TreeMonitor
-from plm_ray import checkpoints, pipeline
+from plm_ray import pipeline
 from plm_ray.config import ConfigError, load_config
+from plm_ray.pretrain import checkpoints
 from plm_ray.store import Store
 
 from .conftest import SMALL, small_config

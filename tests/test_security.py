@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from plm_ray.engine import SafeCheckpointEngine
+from plm_ray.engine.engine import SafeCheckpointEngine
 
 PACKAGE = Path(__file__).resolve().parent.parent / "plm_ray"
 

@@ -7,7 +7,7 @@ checkpoint and export so no later stage can silently use another vocabulary.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import ray.data
@@ -33,7 +33,8 @@ def _sample(corpus: ray.data.Dataset, n_docs: int) -> Iterator[list[str]]:
         yield [str(t) for t in batch["text"]]
 
 
-def train_wordpiece(corpus: ray.data.Dataset, cfg: TokenizerSection) -> PreTrainedTokenizerFast:
+def train_wordpiece(texts: Iterable[list[str]], cfg: TokenizerSection) -> PreTrainedTokenizerFast:
+    """WordPiece trained on batches of documents."""
     tok = Tokenizer(models.WordPiece(unk_token=SPECIAL["unk_token"]))
     tok.normalizer = normalizers.BertNormalizer(lowercase=cfg.lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -41,7 +42,7 @@ def train_wordpiece(corpus: ray.data.Dataset, cfg: TokenizerSection) -> PreTrain
     trainer = trainers.WordPieceTrainer(
         vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=list(SPECIAL.values())
     )
-    tok.train_from_iterator(_sample(corpus, cfg.sample_documents), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -73,6 +74,6 @@ def prepare_tokenizer(cfg: TokenizerSection, corpus: ray.data.Dataset | None, ou
     elif corpus is None:
         raise ConfigError("tokenizer.path is empty and there is no corpus to train one on")
     else:
-        tok = train_wordpiece(corpus, cfg)
+        tok = train_wordpiece(_sample(corpus, cfg.sample_documents), cfg)
     tok.save_pretrained(str(out_dir))
     return tok

@@ -37,7 +37,7 @@ RESUMABLE_CHANGES = {
         "comm_timeout_s",
     },
 }
-COMPARED_SECTIONS = ("data", "tokenizer", "masking", "model", "pretrain")
+COMPARED_SECTIONS = ("data", "tokenizer", "masking", "model", "pretrain", "optimizer")
 
 
 def checkpoint_name(step: int, attempt: str) -> str:
@@ -101,14 +101,12 @@ def read_state(store: Store, run: str, name: str) -> dict[str, Any]:
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
     """A resume must train the same thing: refuse, naming the key, where the configuration changed."""
-    # a key the checkpoint's config lacks (written by an older plm-ray) counts as unchanged
-    saved = {section: {**current[section], **saved.get(section, {})} for section in COMPARED_SECTIONS}
     saved, current = _stage_resolved(saved), _stage_resolved(current)
     for section in COMPARED_SECTIONS:
         for key, value in current[section].items():
             if key in RESUMABLE_CHANGES.get(section, set()):
                 continue
-            old = saved[section][key]
+            old = saved.get(section, {}).get(key, "(not set)")
             if old != value:
                 raise ConfigError(
                     f"config key '{section}.{key}' = {value!r}, but the checkpoint {where} was made with "

@@ -12,12 +12,16 @@ import torch.distributed as dist
 
 
 class Budget:
-    def __init__(self, minutes: float, total_steps: int, spent_seconds: float, device: torch.device):
+    def __init__(self, minutes: float, total_steps: int, device: torch.device):
         self.seconds = minutes * 60
         self.total_steps = total_steps
-        self.spent_before = spent_seconds  # training time of earlier attempts, from the checkpoint
-        self.started = time.time()
         self.device = device
+        self.start(0.0)
+
+    def start(self, spent_seconds: float) -> None:
+        """Training starts now, after `spent_seconds` of earlier attempts (from the checkpoint)."""
+        self.spent_before = spent_seconds
+        self.started = time.time()
         self.time_position = 0  # the schedule step that the training time so far corresponds to
 
     def spent(self) -> float:

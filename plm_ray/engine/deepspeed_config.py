@@ -1,0 +1,87 @@
+"""What an engine trains with (`EngineSpec`, filled by each stage from its config) and the DeepSpeed
+config that it and the hardware make. The optimizer is torch's AdamW, built by the engine (engine.py),
+except under ZeRO-Offload, which needs DeepSpeed's CPU Adam and so gets it from this config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from plm_ray.config import OptimizerSection
+from plm_ray.hardware import Hardware
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    micro_batch: int
+    grad_accum: int
+    zero_stage: int
+    offload: bool  # ZeRO optimizer-state offload to CPU
+    learning_rate: float
+    weight_decay: float
+    warmup_steps: int
+    total_steps: int
+    schedule: str  # linear | cosine
+    grad_clip: float
+    hidden_size: int  # sizes ZeRO's buffers
+    optimizer: OptimizerSection
+    compile: bool = False
+
+    @property
+    def offloads(self) -> bool:
+        return self.offload and self.zero_stage > 0
+
+
+def _scheduler(spec: EngineSpec) -> dict[str, Any]:
+    # DeepSpeed's schedulers refuse 0 warm-up steps; one step at lr 0 is what warm-up costs anyway
+    warmup = max(1, min(spec.warmup_steps, spec.total_steps - 1))
+    steps = {"total_num_steps": spec.total_steps, "warmup_num_steps": warmup}
+    if spec.schedule == "cosine":
+        return {"type": "WarmupCosineLR", "params": {**steps, "warmup_min_ratio": 0.0, "cos_min_ratio": 0.0}}
+    shape = {"warmup_min_lr": 0.0, "warmup_max_lr": spec.learning_rate, "warmup_type": "linear"}
+    return {"type": "WarmupDecayLR", "params": {**steps, **shape}}
+
+
+def _zero(spec: EngineSpec, hardware: Hardware) -> dict[str, Any]:
+    """Buckets sized to the model and the link (Hardware.reduce_bucket): DeepSpeed's defaults
+    (5e8-element buckets) allocate buffers that dwarf a small model's own state."""
+    bucket = hardware.reduce_bucket(spec.hidden_size, spec.zero_stage)
+    zero: dict[str, Any] = {"stage": spec.zero_stage, "contiguous_gradients": True, "reduce_bucket_size": bucket}
+    if hardware.use_gpu and spec.zero_stage in (1, 2):
+        # NCCL buckets for the parameter all-gather too, and each bucket's reduction on its own stream
+        # while the backward pass goes on (gloo's collectives block the CPU they would overlap with)
+        zero.update(allgather_bucket_size=bucket, overlap_comm=True)
+    if spec.zero_stage == 3:
+        zero["stage3_prefetch_bucket_size"] = int(0.9 * bucket)
+        zero["stage3_param_persistence_threshold"] = 10 * spec.hidden_size
+    if spec.offloads:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return zero
+
+
+def bf16_weights(spec: EngineSpec, hardware: Hardware) -> bool:
+    """bf16 is torch autocast over fp32 weights (Hardware.precision), except under ZeRO-3, the stage
+    chosen to save memory, where it is DeepSpeed's bf16 mode: bf16 weights and gradients, the fp32
+    copy only in the optimizer's partition."""
+    return hardware.precision == "bf16" and spec.zero_stage == 3
+
+
+def deepspeed_config(spec: EngineSpec, hardware: Hardware) -> dict[str, Any]:
+    weights16 = bf16_weights(spec, hardware)
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": spec.micro_batch,
+        "gradient_accumulation_steps": spec.grad_accum,
+        "gradient_clipping": spec.grad_clip,
+        "scheduler": _scheduler(spec),
+        "zero_optimization": _zero(spec, hardware),
+        "bf16": {"enabled": weights16},
+        "fp16": {"enabled": hardware.precision == "fp16", "loss_scale": 0},
+        "torch_autocast": {"enabled": hardware.precision == "bf16" and not weights16, "dtype": "bfloat16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if spec.offloads:  # DeepSpeed's CPU Adam; otherwise the engine passes torch's AdamW
+        o = spec.optimizer
+        params = {"lr": spec.learning_rate, "betas": o.betas, "eps": o.eps, "weight_decay": spec.weight_decay}
+        config["optimizer"] = {"type": "AdamW", "params": params}
+    return config
