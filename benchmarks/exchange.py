@@ -54,7 +54,7 @@ def rank_main(rank: int, n_tokens: int, autocast: bool, port: int, out: str) -> 
 
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
     engines = {}
-    precision = "bf16" if autocast else "fp32"
+    precision = "bf16-mixed" if autocast else "fp32"
     for name, bucket in BUCKETS.items():
         hardware = (
             Hardware(False, precision, "eager", 1)

@@ -1,7 +1,7 @@
-"""Benchmark 4: per-rank memory of ZeRO stages 0-3 at 2 ranks (Ray Train + plm-ray's engine), in
-fp32 and in plm-ray's bf16: torch autocast over fp32 weights at stages 0-2 (the same state as fp32)
-and, at ZeRO-3, DeepSpeed's bf16 mode (bf16 parameters and gradients, the fp32 copy in the optimizer's
-partition). Both run on this CPU (bf16 emulated where the CPU lacks it: memory, not speed, is measured).
+"""Benchmark 4: per-rank memory of ZeRO stages 0-3 at 2 ranks (Ray Train + plm-ray's engine), with
+fp32 weights (precision fp32, and bf16-mixed: autocast keeps fp32 weights) and with bf16 weights
+(precision bf16, plm-ray's GPU default: bf16 parameters and gradients, fp32 master copy). Both run on
+this CPU (bf16 emulated where the CPU lacks it: memory, not speed, is measured).
 
 Each rank builds the benchmark BERT, takes three optimizer steps, then counts the bytes of every
 live tensor storage in its process (parameters or their ZeRO partitions, gradients, optimizer

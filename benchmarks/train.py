@@ -2,8 +2,8 @@
 
 1. The same BERT (4 layers / 256 hidden, vocab 30,522, 32 x 128, dropout 0.1) trained by
    (a) plm-ray's own pre-training command: Ray Train + DeepSpeed, one worker with both CPUs, in its
-       default precision (bf16 autocast on this CPU) and ZeRO stage (auto: 0 on one worker), (a2) the
-       same with ZeRO-2 forced, (a32) the same in fp32, and (a0) the same without dropout (as
+       default precision (bf16-mixed, autocast, on a CPU with native bf16) and ZeRO stage (auto: 0 on
+       one worker), (a2) the same with ZeRO-2 forced, (a32) the same in fp32, and (a0) the same without dropout (as
        plm-ray's real-data recipe pre-trains, after Cramming),
    (b) Hugging Face `Trainer` + `DataCollatorForLanguageModeling` (the run_mlm.py recipe, fp32 as it
        defaults to) and (b16) the same with `bf16=True` (HF's CPU autocast),
@@ -220,7 +220,7 @@ def run_training(store: Path, shard: Path, threads: int) -> dict[str, Any]:
     }
 
 
-def run_scaling(store: Path, shard: Path, precision: str) -> dict[str, float]:
+def run_scaling(store: Path, shard: Path, autocast: bool) -> dict[str, float]:
     """Benchmark 3: weak scaling, each worker one CPU and batch 32 (global batch doubles), ZeRO-2 on
     both sides and, beside it, one worker at plm-ray's default ZeRO-0; then the machine's own ceiling:
     the same step in two independent one-thread processes at once against one alone (no Ray, no
@@ -235,7 +235,7 @@ def run_scaling(store: Path, shard: Path, precision: str) -> dict[str, float]:
         result = plm_ray_pretrain(store, str(shard), f"bench-scale-{i}-{name}", workers, 1, sets)
         runs[name].append(steady_tokens_per_second(result["history"], skip_steps=10))
     rates = {name: median(values) for name, values in runs.items()}
-    child = ["-m", "benchmarks.train", str(store / "bench-train" / "tokenizer"), str(shard), str(precision == "bf16")]
+    child = ["-m", "benchmarks.train", str(store / "bench-train" / "tokenizer"), str(shard), str(autocast)]
     first = _plain_rates([child])[0]
     together = sum(_plain_rates([child, child]))
     alone = median([first, _plain_rates([child])[0]])

@@ -89,6 +89,10 @@ class ModelSection:
     attention: str = "auto"  # auto (GPU: sdpa where the model has it; CPU: eager, measured faster) | sdpa | eager
 
 
+# auto | fp32 | bf16-mixed (autocast over fp32 weights) | bf16 (bf16 weights) | fp16 (hardware.py)
+PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16", "fp16")
+
+
 @dataclass
 class PretrainSection:
     num_workers: int = 2
@@ -97,7 +101,7 @@ class PretrainSection:
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_SPREAD (one worker per node) | STRICT_PACK
     zero_stage: int = -1  # < 0: auto, ZeRO-2 on several workers, 0 on one (nothing to partition there)
     offload: bool = False  # ZeRO optimizer-state offload to CPU (stages 1-3)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    precision: str = "auto"  # one of PRECISIONS
     batch_size: int = 32  # micro-batch per worker, in blocks
     grad_accum: int = 1
     learning_rate: float = 1e-3
@@ -312,7 +316,7 @@ def validate(cfg: Config) -> None:
     _check(p.zero_stage in (-1, 0, 1, 2, 3), "pretrain.zero_stage", p.zero_stage, "must be -1 (auto), 0, 1, 2 or 3")
     _check(s.zero_stage in (0, 1, 2, 3), "sweep.zero_stage", s.zero_stage, "ZeRO stage must be 0, 1, 2 or 3")
     for key, value in (("pretrain.precision", p.precision), ("sweep.precision", s.precision)):
-        _check(value in ("auto", "fp32", "bf16", "fp16"), key, value, "must be auto, fp32, bf16 or fp16")
+        _check(value in PRECISIONS, key, value, f"must be one of {', '.join(PRECISIONS)}")
     _check(p.learning_rate > 0, "pretrain.learning_rate", p.learning_rate, "learning rate must be > 0")
     _check(p.schedule in ("linear", "cosine"), "pretrain.schedule", p.schedule, "must be linear or cosine")
     _check(

@@ -29,26 +29,27 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(requested: str, use_gpu: bool) -> str:
-    """`auto`: bf16 where the GPU or CPU has it, fp16 on older GPUs, else fp32. An explicit choice wins,
-    but what the hardware cannot do is refused rather than emulated slowly."""
+    """`auto`: on GPUs bf16 (fp16 on GPUs without it), on CPUs with native bf16 bf16-mixed, else fp32:
+    what measured fastest on each (BENCHMARKS.md). An explicit choice wins, but what the hardware
+    cannot do is refused rather than emulated slowly."""
     if requested == "auto":
         if use_gpu:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_bf16() else "fp32"
+        return "bf16-mixed" if cpu_has_bf16() else "fp32"
     if not use_gpu and requested == "fp16":
-        raise ConfigError("precision fp16 needs a GPU; use bf16, fp32 or auto on CPU")
-    if not use_gpu and requested == "bf16" and not cpu_has_bf16():
-        raise ConfigError("precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); use fp32 or auto")
+        raise ConfigError("precision fp16 needs a GPU; use bf16-mixed, bf16, fp32 or auto on CPU")
+    if not use_gpu and requested.startswith("bf16") and not cpu_has_bf16():
+        raise ConfigError(f"precision {requested}: this CPU has no native bf16 (AVX512-BF16 or AMX); use fp32 or auto")
     return requested
 
 
 @dataclass(frozen=True)
 class Hardware:
     use_gpu: bool
-    # fp32 | bf16 | fp16, as run. bf16 is torch autocast over fp32 weights on GPUs and CPUs alike (the
-    # HF Trainer's bf16=True: matmuls in bf16; weights, gradients and AdamW state in fp32), but under
-    # ZeRO-3 bf16 weights (engine/deepspeed_config.py). fp16 (GPUs without bf16) is DeepSpeed's fp16
-    # mode with its loss scaling.
+    # As run: fp32; bf16-mixed, torch autocast over fp32 weights (the HF Trainer's bf16=True: matmuls
+    # in bf16, weights, gradients and AdamW state in fp32); bf16, DeepSpeed's bf16 mode (weights,
+    # activations and gradients in bf16, the fp32 master copy in the optimizer: half the memory
+    # traffic of element-wise work); fp16, DeepSpeed's fp16 mode with loss scaling.
     precision: str
     attention: str | None  # transformers' attn_implementation; None: its default (SDPA where the model has it)
     threads: int  # CPU: one intra-op thread per reserved CPU; 0 on GPUs (torch's default)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from plm_ray.config import OptimizerSection
+from plm_ray.config import ConfigError, OptimizerSection
 from plm_ray.engine.deepspeed_config import EngineSpec, deepspeed_config
 from plm_ray.hardware import GLOO_MIN_BUCKET, NCCL_BUCKET, Hardware
 
@@ -34,34 +34,54 @@ def config(stage: int, hardware: Hardware, **changes: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("precision", "stage", "mode"),
-    [
-        ("bf16", 0, "torch_autocast"),
-        ("bf16", 2, "torch_autocast"),
-        ("bf16", 3, "bf16"),
-        ("fp16", 2, "fp16"),
-        ("fp32", 2, None),
-    ],
+    ("precision", "mode"),
+    [("bf16-mixed", "torch_autocast"), ("bf16", "bf16"), ("fp16", "fp16"), ("fp32", None)],
 )
-@pytest.mark.parametrize("use_gpu", [False, True])
-def test_precision_picks_one_deepspeed_mode(precision: str, stage: int, mode: str | None, use_gpu: bool):
-    """bf16 is torch autocast over fp32 weights on either device, except under ZeRO-3 (the memory
-    stage), which keeps bf16 weights; fp16 is DeepSpeed's fp16 mode; fp32 none. Never two at once."""
-    built = config(stage, Hardware(use_gpu, precision, None, 0))
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_precision_picks_one_deepspeed_mode(precision: str, mode: str | None, stage: int):
+    """bf16-mixed is torch autocast over fp32 weights, bf16 DeepSpeed's bf16 weights, fp16 its fp16
+    mode, fp32 none; at every ZeRO stage, never two at once."""
+    built = config(stage, Hardware(True, precision, None, 0))
     enabled = [key for key in ("torch_autocast", "bf16", "fp16") if built[key]["enabled"]]
     assert enabled == ([mode] if mode else [])
+
+
+def test_auto_precision_and_refusals(monkeypatch: pytest.MonkeyPatch):
+    """auto: bf16 weights on GPUs with bf16, fp16 on older GPUs; bf16-mixed on CPUs with native bf16,
+    fp32 on others, where an explicit bf16 is refused rather than emulated slowly."""
+    from plm_ray import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert hardware.resolve_precision("auto", use_gpu=True) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert hardware.resolve_precision("auto", use_gpu=True) == "fp16"
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    assert hardware.resolve_precision("auto", use_gpu=False) == "bf16-mixed"
+    assert hardware.resolve_precision("bf16", use_gpu=False) == "bf16"
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    assert hardware.resolve_precision("auto", use_gpu=False) == "fp32"
+    with pytest.raises(ConfigError, match="precision bf16-mixed: this CPU has no native bf16"):
+        hardware.resolve_precision("bf16-mixed", use_gpu=False)
+    with pytest.raises(ConfigError, match="precision fp16 needs a GPU"):
+        hardware.resolve_precision("fp16", use_gpu=False)
+
+
+def test_deepspeeds_synchronizing_throughput_timer_is_off():
+    """DeepSpeed's throughput timer synchronizes the device twice a micro-step; plm-ray keeps it off."""
+    assert config(0, GPU)["timers"] == {"throughput": {"enabled": False}}
 
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_buckets_fit_the_link(stage: int):
     """gloo has a fixed cost per collective, so CPU workers fill buckets of megabytes; NCCL gets
-    buckets of tens of millions of elements that overlap the backward pass; ZeRO-3 (whose point is
-    small buffers) keeps the model-sized hidden²; a model wider than the floor gets hidden²."""
+    buckets of tens of millions of elements; ZeRO-3 (whose point is small buffers) keeps the
+    model-sized hidden²; a model wider than the floor gets hidden². No overlap_comm: DeepSpeed's
+    overlapped path synchronizes the device at every bucket."""
     assert config(stage, CPU)["zero_optimization"]["reduce_bucket_size"] == GLOO_MIN_BUCKET
     assert "overlap_comm" not in config(stage, CPU)["zero_optimization"]
     assert config(stage, CPU, hidden_size=4096)["zero_optimization"]["reduce_bucket_size"] == 4096**2
     gpu = config(stage, GPU)["zero_optimization"]
-    assert gpu["reduce_bucket_size"] == gpu["allgather_bucket_size"] == NCCL_BUCKET and gpu["overlap_comm"]
+    assert gpu["reduce_bucket_size"] == gpu["allgather_bucket_size"] == NCCL_BUCKET and "overlap_comm" not in gpu
     assert config(3, CPU)["zero_optimization"]["reduce_bucket_size"] == 256**2
     assert config(3, GPU)["zero_optimization"]["reduce_bucket_size"] == 256**2
 

@@ -1,9 +1,11 @@
-"""What only a GPU can show, run by `make bench-gpu` on the GPU machine and skipped elsewhere: the
-training step never waits for the host, and the GPU engine (autocast bf16 over fp32 weights, fused
-AdamW, NCCL) trains, partitions under ZeRO-2 and exports what it trained."""
+"""What only a GPU can show, run by `make bench-gpu` on the GPU machine and skipped elsewhere: a
+training step queues its work without waiting for the GPU, and the GPU engine (bf16 weights or
+autocast, fused AdamW, NCCL) trains, partitions under ZeRO-2 and exports what it trained."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +23,6 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make bench-gpu runs these there)"),
 ]
-GPU = Hardware(use_gpu=True, precision="bf16", attention=None, threads=0)
 VOCAB, SEQ, BATCH = 1000, 64, 16
 SPEC = EngineSpec(
     micro_batch=BATCH,
@@ -39,69 +40,86 @@ SPEC = EngineSpec(
 )
 
 
+@pytest.fixture(scope="module")
+def gpu_group() -> Iterator[None]:
+    """One NCCL group for the module: DeepSpeed caches its groups, so engines built after the default
+    group was destroyed and made again fail."""
+    from plm_ray.engine.engine import ensure_process_group
+
+    ensure_process_group(Hardware(True, "bf16", None, 0))
+    yield
+
+
+@pytest.fixture(scope="module")
 def tables() -> MaskingTables:
     special = torch.zeros(VOCAB, dtype=torch.bool)
     special[:5] = True
-    return MaskingTables(special, torch.zeros(VOCAB, dtype=torch.bool), mask_id=3, vocab_size=VOCAB).to(
-        torch.device("cuda")
-    )
+    continuation = torch.zeros(VOCAB, dtype=torch.bool)
+    return MaskingTables(special, continuation, mask_id=3, vocab_size=VOCAB).to(torch.device("cuda"))
 
 
-def batch(generator: torch.Generator) -> dict[str, torch.Tensor]:
+def batch(tables: MaskingTables, generator: torch.Generator) -> dict[str, torch.Tensor]:
     ids = torch.randint(5, VOCAB, (BATCH, SEQ), device="cuda", generator=generator)
     cfg = MaskingSection()
-    return mask_tokens(ids, tables(), cfg, generator, capacity=masked_capacity(ids.numel(), cfg))
+    return mask_tokens(ids, tables, cfg, generator, capacity=masked_capacity(ids.numel(), cfg))
 
 
-def engine(stage: int = 0):
+def engine(precision: str, stage: int = 0, grad_accum: int = 1):
     from plm_ray.engine.engine import Engine
 
     torch.manual_seed(0)
     model = build_mlm(ModelSection(preset="tiny", dropout=0.0), VOCAB, SEQ, 0)
-    return model, Engine(SparseMLM(model), replace(SPEC, zero_stage=stage), GPU)
+    spec = replace(SPEC, zero_stage=stage, grad_accum=grad_accum)
+    return model, Engine(SparseMLM(model), spec, Hardware(True, precision, None, 0))
 
 
-def test_masking_and_the_sparse_head_never_wait_for_the_host():
-    """Fixed slots: masking, the forward pass and the backward pass queue on the GPU without one
+def syncs(work) -> int:
+    """How many times `work` made the host wait for the GPU (torch's sync debug mode, warning each time)."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            work()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+def test_masking_and_the_sparse_head_never_wait_for_the_host(tables: MaskingTables):
+    """Fixed slots: masking, the forward and the backward pass queue on the GPU without one
     device-to-host copy (a data-dependent shape would be one each step)."""
     model = SparseMLM(build_mlm(ModelSection(preset="tiny", dropout=0.0), VOCAB, SEQ, 0).cuda())
     generator = torch.Generator(device="cuda").manual_seed(0)
-    batch(generator)  # first calls allocate and pick kernels
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        out = model(**batch(generator))
-        out["loss"].backward()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert torch.isfinite(out["loss"]).item()
+    model(**batch(tables, generator))["loss"].backward()  # first calls allocate and pick kernels
+    assert syncs(lambda: model(**batch(tables, generator))["loss"].backward()) == 0
 
 
-def test_the_engine_step_never_waits_for_the_host(one_rank_group: None):
-    """plm-ray's engine step on the GPU (autocast, fused AdamW, clipping, DeepSpeed's scheduler) runs
-    ahead of the GPU: no synchronization inside a step."""
-    _, gpu_engine = engine()
+@pytest.mark.parametrize(("precision", "stage"), [("bf16", 0), ("bf16-mixed", 0), ("bf16", 2)])
+def test_the_engine_waits_at_most_at_the_optimizer_step(
+    gpu_group: None, tables: MaskingTables, precision: str, stage: int
+):
+    """Micro-steps inside an accumulation window queue without waiting; the optimizer step waits
+    at most twice (DeepSpeed reads the gradient norm back to check it and to clip)."""
+    _, gpu_engine = engine(precision, stage, grad_accum=2)
     generator = torch.Generator(device="cuda").manual_seed(0)
-    for _ in range(3):
-        gpu_engine.train_step(batch(generator))
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(2):
-            gpu_engine.train_step(batch(generator))
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    for _ in range(4):
+        gpu_engine.train_step(batch(tables, generator))
+    inside = syncs(lambda: gpu_engine.train_step(batch(tables, generator)))
+    at_step = syncs(lambda: gpu_engine.train_step(batch(tables, generator)))
+    assert (inside, at_step <= 2) == (0, True), (inside, at_step)
 
 
-def test_gpu_engine_trains_in_autocast_with_fused_adamw(one_rank_group: None, tmp_path: Path):
-    """One batch again and again: the loss falls. Weights and optimizer state stay fp32 (autocast),
-    the optimizer is torch's fused AdamW, and the export reproduces the live loss."""
-    model, gpu_engine = engine()
-    assert gpu_engine.autocast and not gpu_engine.engine.bfloat16_enabled()
-    optimizer = gpu_engine.engine.optimizer
-    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    fixed = batch(torch.Generator(device="cuda").manual_seed(1))
+@pytest.mark.parametrize("precision", ["bf16", "bf16-mixed"])
+def test_gpu_engine_trains_and_exports(gpu_group: None, tables: MaskingTables, tmp_path: Path, precision: str):
+    """One batch again and again: the loss falls; the optimizer is torch's fused AdamW (inside
+    DeepSpeed's bf16 optimizer for bf16 weights); the export reproduces the live loss."""
+    model, gpu_engine = engine(precision)
+    weights = {p.dtype for p in model.parameters()}
+    assert weights == ({torch.bfloat16} if precision == "bf16" else {torch.float32})
+    basic = gpu_engine.engine.basic_optimizer
+    assert isinstance(basic, torch.optim.AdamW) and basic.defaults["fused"]
+    fixed = batch(tables, torch.Generator(device="cuda").manual_seed(1))
     losses = [gpu_engine.train_step(fixed)["loss"].item() for _ in range(30)]
     assert losses[-1] < 0.5 * losses[0], losses
     live = gpu_engine.forward(fixed)["loss"].item()
@@ -110,21 +128,21 @@ def test_gpu_engine_trains_in_autocast_with_fused_adamw(one_rank_group: None, tm
 
     reloaded = SparseMLM(AutoModelForMaskedLM.from_pretrained(tmp_path).cuda()).eval()
     with torch.no_grad(), gpu_engine.autocast_context():
-        assert abs(reloaded(**fixed)["loss"].item() - live) < 1e-3
+        assert abs(reloaded(**fixed)["loss"].item() - live) < (5e-2 if precision == "bf16" else 1e-3)
 
 
-def test_zero2_at_one_rank_follows_zero0(one_rank_group: None):
-    """ZeRO-2 (NCCL buckets, overlapped reduction) at one rank takes the same steps as ZeRO-0."""
+def test_zero2_at_one_rank_follows_zero0(gpu_group: None, tables: MaskingTables):
+    """ZeRO-2 (NCCL buckets) at one rank takes the same steps as ZeRO-0."""
     trajectories = []
     for stage in (0, 2):
-        _, gpu_engine = engine(stage)
+        _, gpu_engine = engine("bf16", stage)
         generator = torch.Generator(device="cuda").manual_seed(2)
-        trajectories.append([gpu_engine.train_step(batch(generator))["loss"].item() for _ in range(10)])
+        trajectories.append([gpu_engine.train_step(batch(tables, generator))["loss"].item() for _ in range(10)])
     assert trajectories[0] == pytest.approx(trajectories[1], rel=2e-2), trajectories
 
 
-def test_padding_slots_carry_no_label():
-    out = batch(torch.Generator(device="cuda").manual_seed(3))
+def test_padding_slots_carry_no_label(tables: MaskingTables):
+    out = batch(tables, torch.Generator(device="cuda").manual_seed(3))
     real = out["labels"] != IGNORE
     assert 0 < real.sum().item() < len(out["labels"])
     assert not real[real.sum().item() :].any(), "the selected positions come first"

@@ -1,9 +1,9 @@
 """`python -m benchmarks.gpu --data DIR --out DIR` (`make bench-gpu`): on one GPU, side by side in one
 run, the bf16 matmul peak; plm-ray's `pretrain` command with the shipped GPU preset at one worker
-(a first run, then the same command again: its start-up and its steady rate); the HF Trainer with
-run_mlm's collator; a plain PyTorch loop; plm-ray's engine at ZeRO-0/2 with and without accumulation,
-with a kernel profile; then a 4-trial sweep at a quarter GPU each against 4 HF fine-tuning processes;
-and the GPU-only tests. DIR holds `corpus/` (text shards) and `sst2/` (train.tsv, dev.tsv).
+(its start-up and its steady rate); the HF Trainer with run_mlm's collator; a plain PyTorch loop;
+plm-ray's engine at ZeRO-0/2, with and without accumulation, in bf16 and bf16-mixed, with a kernel
+profile; the GPU-only tests; then a 4-trial sweep at a quarter GPU each against 4 HF fine-tuning
+processes. DIR holds `corpus/` (text shards) and `sst2/` (train.tsv, dev.tsv).
 
 Writes OUT/bench-gpu-results.json (after every section, so a run cut short keeps what it measured),
 the commands' time-stamped logs and the GPU's utilization samples; prints the tables last."""
@@ -94,6 +94,7 @@ def gpu_tests(log: Path) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gpu.py"],
         cwd=ROOT,
+        env=commands.child_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -129,18 +130,19 @@ def main() -> None:
             "pretrain.cpus_per_worker=8",
             "pretrain.log_every_steps=20",
         ]
+        # the preset as shipped, once (a second run starts ~10 s sooner: BENCHMARKS.md); bf16-mixed
+        # against its bf16 is compared on the engine below, in one process
+        warm = [*sets, "pretrain.max_steps=300"]
         bench.section(
-            "plm_cold",
-            lambda: commands.pretrain(
-                store, "cold", [*sets, "pretrain.max_steps=40"], args.out / "plm-cold.log", monitor, 20
-            ),
+            "plm_warm", lambda: commands.pretrain(store, "warm", warm, args.out / "plm-warm.log", monitor, 60)
         )
-        bench.section(
-            "plm_warm",
-            lambda: commands.pretrain(
-                store, "warm", [*sets, "pretrain.max_steps=300"], args.out / "plm-warm.log", monitor, 60
-            ),
-        )
+        cfg = load_config(commands.PRESET, ["pretrain.num_workers=1"])
+        bench.section("hf_trainer", lambda: recipes.hf_trainer(cfg, tokenizer, blocks, monitor, 4))
+        bench.section("plain", lambda: recipes.plain_loop(cfg, tokenizer, blocks, monitor))
+        # after the HF Trainer: the engines' one-rank process group would make it think it was launched
+        # distributed (children get an environment without the group's variables: commands.child_env)
+        bench.section("engine", lambda: recipes.engine_variants(cfg, tokenizer, blocks, monitor))
+        bench.section("gpu_tests", lambda: gpu_tests(args.out / "pytest-gpu.log"))
         sweep_sets = [
             f"sweep.task={sst2 / 'train.tsv'}",
             f"sweep.validation={sst2 / 'dev.tsv'}",
@@ -154,12 +156,6 @@ def main() -> None:
         bench.section("sweep", lambda: commands.sweep(store, "warm", sweep_sets, args.out / "sweep.log"))
         export = store / "warm" / "pretrain" / "export"
         bench.section("hf_finetune", lambda: finetune.hf_processes(export, sst2 / "train.tsv", SWEEP_TRIALS))
-        cfg = load_config(commands.PRESET, ["pretrain.num_workers=1"])
-        bench.section("hf_trainer", lambda: recipes.hf_trainer(cfg, tokenizer, blocks, monitor, 0))
-        bench.section("hf_trainer_4_loaders", lambda: recipes.hf_trainer(cfg, tokenizer, blocks, monitor, 4))
-        bench.section("plain", lambda: recipes.plain_loop(cfg, tokenizer, blocks, monitor))
-        bench.section("engine", lambda: recipes.engine_variants(cfg, tokenizer, blocks, monitor))
-        bench.section("gpu_tests", lambda: gpu_tests(args.out / "pytest-gpu.log"))
         if args.compile:
             bench.section("engine_compiled", lambda: recipes.engine_compiled(cfg, tokenizer, blocks, monitor))
     layers, hidden, _, inter = PRESETS["base"]
@@ -175,7 +171,7 @@ def main() -> None:
 def summarize(r: dict[str, Any], peak: float, flops: float, gpu: str, seconds: float) -> dict[str, Any]:
     nan = float("nan")
     plm = r.get("plm_warm", {})
-    hf = max((r.get(k, {}).get("tokens_per_second", 0.0) for k in ("hf_trainer", "hf_trainer_4_loaders")), default=0)
+    hf = r.get("hf_trainer", {}).get("tokens_per_second", 0.0)
     engine = r.get("engine", {})
     step = {k: v["step_ms"] for k, v in engine.items() if k != "profile"}
     trials = finetune.trial_rates(r["sweep"]) if "sweep" in r else []
@@ -185,16 +181,13 @@ def summarize(r: dict[str, Any], peak: float, flops: float, gpu: str, seconds: f
         "plm_vs_hf_trainer": plm.get("tokens_per_second", nan) / hf if hf else nan,
         "plm_peak_fraction": plm.get("tokens_per_second", nan) * flops / peak,
         "gpu_busy_fraction": plm.get("gpu_busy", nan),
-        "zero2_over_zero0": step.get("zero2_micro256", nan) / step.get("zero0_micro256", nan),
-        "accum_over_single": step.get("zero0_micro128", nan) / step.get("zero0_micro256", nan),
+        "zero2_over_zero0": step.get("bf16_zero2_micro256", nan) / step.get("bf16_zero0_micro256", nan),
+        "accum_over_single": step.get("bf16_zero0_micro128", nan) / step.get("bf16_zero0_micro256", nan),
+        "bf16_mixed_over_bf16": step.get("bf16-mixed_zero0_micro256", nan) / step.get("bf16_zero0_micro256", nan),
         "startup_seconds": plm.get("startup_seconds", nan),
         "finetune_vs_hf_trainer": (sum(trials) / len(trials)) / (sum(hf_ft) / len(hf_ft)) if trials and hf_ft else nan,
         "sweep_trials_completed": sum(t.get("status") == "OK" for t in r.get("sweep", {}).get("trials", [])),
-        "tokens_per_second": {
-            k: r[k]["tokens_per_second"]
-            for k in ("plm_cold", "plm_warm", "hf_trainer", "hf_trainer_4_loaders", "plain")
-            if k in r
-        },
+        "tokens_per_second": {k: r[k]["tokens_per_second"] for k in ("plm_warm", "hf_trainer", "plain") if k in r},
         "engine_step_ms": step,
         "profile": engine.get("profile", {}),
         "bf16_peak_tflops": peak / 1e12,
@@ -206,10 +199,8 @@ def summarize(r: dict[str, Any], peak: float, flops: float, gpu: str, seconds: f
 def print_tables(r: dict[str, Any], s: dict[str, Any], flops: float) -> None:
     peak = s["bf16_peak_tflops"] * 1e12
     names = {
-        "plm_warm": "plm-ray pretrain, GPU preset, 1 worker (second run)",
-        "plm_cold": "plm-ray pretrain, the same command's first run",
-        "hf_trainer": "HF Trainer + run_mlm collator, bf16=True (dataloader_num_workers 0, its default)",
-        "hf_trainer_4_loaders": "the same with dataloader_num_workers 4",
+        "plm_warm": "plm-ray pretrain, GPU preset (bf16), 1 worker",
+        "hf_trainer": "HF Trainer + run_mlm collator, bf16=True, dataloader_num_workers 4",
         "plain": "plain PyTorch loop: autocast bf16, fused AdamW, plm-ray masking + sparse head",
     }
     rows = [
@@ -236,6 +227,15 @@ def print_tables(r: dict[str, Any], s: dict[str, Any], flops: float) -> None:
             [[k, v] for k, v in s["engine_step_ms"].items()],
         )
     )
+    if "sweep" in r and "hf_finetune" in r:
+        trials, hf = finetune.trial_rates(r["sweep"]), [p["examples_per_second"] for p in r["hf_finetune"]]
+        print(
+            table(
+                f"Fine-tuning, {SWEEP_TRIALS} at once on the GPU: training examples/s of each",
+                ["recipe", *[f"#{i}" for i in range(SWEEP_TRIALS)]],
+                [["plm-ray sweep trial (1/4 GPU)", *trials], ["HF Trainer process (bf16=True)", *hf]],
+            )
+        )
     profile = s.get("profile", {})
     print(
         table(

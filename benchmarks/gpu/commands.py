@@ -21,12 +21,19 @@ SWEEP_PRESET = ROOT / "pipelines" / "configs" / "gpu_sweep.yaml"
 STEP_LINE = re.compile(r"\[pretrain\] step (\d+)/\d+ loss")
 
 
+def child_env() -> dict[str, str]:
+    """This process's environment without the variables of its one-rank process group (the engine
+    benchmarks make one): a child that inherited them would join a group that is not its own."""
+    group = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
+    return {key: value for key, value in os.environ.items() if key not in group}
+
+
 def run_stamped(args: list[str], log: Path, timeout: float = 600) -> list[tuple[float, str]]:
     """Run `python ARGS` from the repo root; (arrival time, line) for every line of its output, also
     written to `log`. Raises with the output's tail if the command fails."""
     started = time.time()
     proc = subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, *args], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     lines: list[tuple[float, str]] = [(started, "[bench] started: " + " ".join(args))]
     assert proc.stdout is not None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT
+from benchmarks.gpu.commands import child_env
 
 BATCH, MAX_LENGTH, WARMUP_STEPS = 32, 66, 20
 
@@ -81,7 +82,14 @@ def hf_processes(model_dir: Path, train_tsv: Path, n: int) -> list[dict[str, flo
         outs = [Path(tmp) / f"hf-{i}.json" for i in range(n)]
         args = [sys.executable, "-m", "benchmarks.gpu.finetune", str(model_dir), str(train_tsv)]
         procs = [
-            subprocess.Popen([*args, str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            subprocess.Popen(
+                [*args, str(out)],
+                cwd=ROOT,
+                env=child_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             for out in outs
         ]
         logs = [proc.communicate(timeout=600)[0] for proc in procs]

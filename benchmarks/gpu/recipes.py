@@ -136,12 +136,12 @@ def plain_loop(cfg: Config, tokenizer: Any, blocks: np.ndarray, monitor: GpuMoni
 
 
 def _engine_step(
-    cfg: Config, tokenizer: Any, on_gpu: torch.Tensor, micro: int, stage: int, compile: bool = False
-) -> tuple[Engine, Any]:
+    cfg: Config, tokenizer: Any, on_gpu: torch.Tensor, micro: int, stage: int, precision: str, compile: bool = False
+) -> tuple[Engine, Callable[[int], None]]:
     """plm-ray's engine as the preset builds it at one rank, with `micro`-block micro-batches
-    accumulated to BATCH blocks a step, at ZeRO `stage` (`compile`: pretrain.compile); and one
-    micro-step of it."""
-    hardware = hw.pretraining(cfg)
+    accumulated to BATCH blocks a step, at ZeRO `stage` in `precision` (`compile`: pretrain.compile);
+    and one optimizer step of it."""
+    hardware = replace(hw.pretraining(cfg), precision=precision)
     ensure_process_group(hardware)
     model = bert_base(cfg, len(tokenizer))
     spec = replace(engine_spec(cfg, 1, 10_000, model.config.hidden_size), micro_batch=micro, grad_accum=BATCH // micro)
@@ -149,43 +149,45 @@ def _engine_step(
     tables = MaskingTables.from_tokenizer(tokenizer).to(engine.device)
     capacity = masked_capacity(micro * SEQ, cfg.masking)
 
-    def micro_step(i: int) -> None:
-        ids = on_gpu[(i * micro) % (len(on_gpu) - micro) :][:micro]
-        engine.train_step(mask_tokens(ids, tables, cfg.masking, capacity=capacity))
+    def step(i: int) -> None:
+        for k in range(BATCH // micro):
+            ids = on_gpu[((i * BATCH) + k * micro) % (len(on_gpu) - micro) :][:micro]
+            engine.train_step(mask_tokens(ids, tables, cfg.masking, capacity=capacity))
 
-    return engine, micro_step
+    return engine, step
+
+
+# name: (micro-batch, ZeRO stage, precision); the first is the preset's own at one rank (profiled)
+ENGINE_VARIANTS = {
+    "bf16_zero0_micro256": (BATCH, 0, "bf16"),
+    "bf16_zero0_micro128": (BATCH // 2, 0, "bf16"),
+    "bf16_zero2_micro256": (BATCH, 2, "bf16"),
+    "bf16-mixed_zero0_micro256": (BATCH, 0, "bf16-mixed"),
+}
 
 
 def engine_variants(cfg: Config, tokenizer: Any, blocks: np.ndarray, monitor: GpuMonitor) -> dict[str, Any]:
-    """Time per optimizer step of plm-ray's engine: ZeRO-0 and ZeRO-2, one micro-batch of 256 or two
-    of 128 accumulated; then where a ZeRO-0 step's GPU time goes (profile)."""
+    """Time per optimizer step of plm-ray's engine (ENGINE_VARIANTS); where the preset's step goes."""
     on_gpu = torch.from_numpy(blocks).long().cuda()
     results: dict[str, Any] = {}
-    for stage in (0, 2):
-        for micro in (BATCH, BATCH // 2):
-            engine, micro_step = _engine_step(cfg, tokenizer, on_gpu, micro, stage)
-            accum = BATCH // micro
-
-            def step(i: int, micro_step: Callable[[int], None] = micro_step, accum: int = accum) -> None:
-                for k in range(accum):
-                    micro_step(i * accum + k)
-
-            results[f"zero{stage}_micro{micro}"] = timed(step, monitor, BATCH * SEQ)
-            if stage == 0 and micro == BATCH:
-                results["profile"] = profile_steps(step)
-            del engine, micro_step
-            torch.cuda.empty_cache()
+    for name, (micro, stage, precision) in ENGINE_VARIANTS.items():
+        engine, step = _engine_step(cfg, tokenizer, on_gpu, micro, stage, precision)
+        results[name] = timed(step, monitor, BATCH * SEQ)
+        if not results.get("profile"):
+            results["profile"] = profile_steps(step)
+        del engine, step
+        torch.cuda.empty_cache()
     return results
 
 
 def engine_compiled(cfg: Config, tokenizer: Any, blocks: np.ndarray, monitor: GpuMonitor) -> dict[str, Any]:
-    """The ZeRO-0 step with `pretrain.compile` (torch.compile through DeepSpeed): what fused kernels
+    """The preset's step with `pretrain.compile` (torch.compile through DeepSpeed): what fused kernels
     would add, and the compile's own seconds (paid at every start)."""
     started = time.time()
-    _, micro_step = _engine_step(cfg, tokenizer, torch.from_numpy(blocks).long().cuda(), BATCH, 0, compile=True)
-    micro_step(0)
+    _, step = _engine_step(cfg, tokenizer, torch.from_numpy(blocks).long().cuda(), BATCH, 0, "bf16", compile=True)
+    step(0)
     torch.cuda.synchronize()
-    return {"compile_seconds": time.time() - started, **timed(micro_step, monitor, BATCH * SEQ)}
+    return {"compile_seconds": time.time() - started, **timed(step, monitor, BATCH * SEQ)}
 
 
 KINDS = {  # kernel name fragments -> kind of work, first match wins

@@ -48,9 +48,10 @@ def _zero(spec: EngineSpec, hardware: Hardware) -> dict[str, Any]:
     bucket = hardware.reduce_bucket(spec.hidden_size, spec.zero_stage)
     zero: dict[str, Any] = {"stage": spec.zero_stage, "contiguous_gradients": True, "reduce_bucket_size": bucket}
     if hardware.use_gpu and spec.zero_stage in (1, 2):
-        # NCCL buckets for the parameter all-gather too, and each bucket's reduction on its own stream
-        # while the backward pass goes on (gloo's collectives block the CPU they would overlap with)
-        zero.update(allgather_bucket_size=bucket, overlap_comm=True)
+        # NCCL buckets for the parameter all-gather too. No overlap_comm: DeepSpeed's overlapped path
+        # synchronizes the whole device at every bucket, and over NVLink the exchange it would hide
+        # is a small part of a step (BENCHMARKS.md, the multi-GPU model)
+        zero["allgather_bucket_size"] = bucket
     if spec.zero_stage == 3:
         zero["stage3_prefetch_bucket_size"] = int(0.9 * bucket)
         zero["stage3_param_persistence_threshold"] = 10 * spec.hidden_size
@@ -59,26 +60,22 @@ def _zero(spec: EngineSpec, hardware: Hardware) -> dict[str, Any]:
     return zero
 
 
-def bf16_weights(spec: EngineSpec, hardware: Hardware) -> bool:
-    """bf16 is torch autocast over fp32 weights (Hardware.precision), except under ZeRO-3, the stage
-    chosen to save memory, where it is DeepSpeed's bf16 mode: bf16 weights and gradients, the fp32
-    copy only in the optimizer's partition."""
-    return hardware.precision == "bf16" and spec.zero_stage == 3
-
-
 def deepspeed_config(spec: EngineSpec, hardware: Hardware) -> dict[str, Any]:
-    weights16 = bf16_weights(spec, hardware)
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": spec.micro_batch,
         "gradient_accumulation_steps": spec.grad_accum,
         "gradient_clipping": spec.grad_clip,
         "scheduler": _scheduler(spec),
         "zero_optimization": _zero(spec, hardware),
-        "bf16": {"enabled": weights16},
+        "bf16": {"enabled": hardware.precision == "bf16"},
         "fp16": {"enabled": hardware.precision == "fp16", "loss_scale": 0},
-        "torch_autocast": {"enabled": hardware.precision == "bf16" and not weights16, "dtype": "bfloat16"},
+        "torch_autocast": {"enabled": hardware.precision == "bf16-mixed", "dtype": "bfloat16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        # DeepSpeed's throughput timer synchronizes the device at every forward and every step (two
+        # stalls a micro-step, where the GPU sat idle while the host queued the next one); plm-ray
+        # measures its own throughput from the host without waiting.
+        "timers": {"throughput": {"enabled": False}},
     }
     if spec.offloads:  # DeepSpeed's CPU Adam; otherwise the engine passes torch's AdamW
         o = spec.optimizer

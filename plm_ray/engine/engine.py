@@ -78,7 +78,7 @@ class Engine:
         config = deepspeed_config(spec, hardware)
         self.zero_stage = spec.zero_stage
         self.autocast = config["torch_autocast"]["enabled"]
-        self.precision = "bf16 weights" if config["bf16"]["enabled"] else hardware.precision
+        self.precision = hardware.precision
         groups = param_groups(module, spec.weight_decay)
         optimizer = None if spec.offloads else _adamw(groups, spec, hardware)
         self.engine, _, _, _ = deepspeed.initialize(

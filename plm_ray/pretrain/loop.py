@@ -40,8 +40,8 @@ from plm_ray.store import Store, fetch_dir
 # Ray Train tees print() in workers to stdout and its log (shown twice); log once instead.
 log = logging.getLogger(__name__)
 # |loss difference| allowed between the live engine and its reloaded export on one batch: fp32 and
-# autocast (fp32 weights) reload the very weights; bf16 weights (ZeRO-3) and fp16 are upcast on export.
-EXPORT_TOLERANCE = {"fp32": 1e-4, "bf16": 1e-3, "bf16 weights": 5e-2, "fp16": 5e-2}
+# bf16-mixed (fp32 weights) reload the very weights; bf16 and fp16 weights are upcast on export.
+EXPORT_TOLERANCE = {"fp32": 1e-4, "bf16-mixed": 1e-3, "bf16": 5e-2, "fp16": 5e-2}
 
 
 @dataclass
@@ -222,7 +222,7 @@ def _announce(w: Worker) -> None:
     n_params = sum(getattr(t, "ds_numel", t.numel()) for t in w.model.parameters())  # ZeRO-3 shards params
     limit = f" or {p.budget_minutes:g} min, whichever ends first" if p.budget_minutes else ""
     log.info(
-        f"[pretrain] {w.world} worker(s), ZeRO-{e.zero_stage}, {e.precision}{' (autocast)' if e.autocast else ''}, "
+        f"[pretrain] {w.world} worker(s), ZeRO-{e.zero_stage}, {e.precision}, "
         f"{n_params / 1e6:.1f}M parameters, {w.total_steps} steps{limit}"
     )
 
