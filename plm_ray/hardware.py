@@ -29,12 +29,12 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(requested: str, use_gpu: bool) -> str:
-    """`auto`: on GPUs bf16 (fp16 on GPUs without it), on CPUs with native bf16 bf16-mixed, else fp32:
-    what measured fastest on each (BENCHMARKS.md). An explicit choice wins, but what the hardware
-    cannot do is refused rather than emulated slowly."""
+    """`auto`: bf16-mixed where the GPU or CPU has bf16, fp16 on older GPUs, else fp32: what measured
+    fastest (BENCHMARKS.md; DeepSpeed's bf16 mode is host-bound on one GPU). An explicit choice wins,
+    but what the hardware cannot do is refused rather than emulated slowly."""
     if requested == "auto":
         if use_gpu:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16-mixed" if cpu_has_bf16() else "fp32"
     if not use_gpu and requested == "fp16":
         raise ConfigError("precision fp16 needs a GPU; use bf16-mixed, bf16, fp32 or auto on CPU")
@@ -48,8 +48,8 @@ class Hardware:
     use_gpu: bool
     # As run: fp32; bf16-mixed, torch autocast over fp32 weights (the HF Trainer's bf16=True: matmuls
     # in bf16, weights, gradients and AdamW state in fp32); bf16, DeepSpeed's bf16 mode (weights,
-    # activations and gradients in bf16, the fp32 master copy in the optimizer: half the memory
-    # traffic of element-wise work); fp16, DeepSpeed's fp16 mode with loss scaling.
+    # activations and gradients in bf16, the fp32 master copy in the optimizer: less memory, but many
+    # small kernels and device syncs a step); fp16, DeepSpeed's fp16 mode with loss scaling.
     precision: str
     attention: str | None  # transformers' attn_implementation; None: its default (SDPA where the model has it)
     threads: int  # CPU: one intra-op thread per reserved CPU; 0 on GPUs (torch's default)

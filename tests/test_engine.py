@@ -47,12 +47,12 @@ def test_precision_picks_one_deepspeed_mode(precision: str, mode: str | None, st
 
 
 def test_auto_precision_and_refusals(monkeypatch: pytest.MonkeyPatch):
-    """auto: bf16 weights on GPUs with bf16, fp16 on older GPUs; bf16-mixed on CPUs with native bf16,
+    """auto: bf16-mixed on GPUs with bf16, fp16 on older GPUs; bf16-mixed on CPUs with native bf16,
     fp32 on others, where an explicit bf16 is refused rather than emulated slowly."""
     from plm_ray import hardware
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert hardware.resolve_precision("auto", use_gpu=True) == "bf16"
+    assert hardware.resolve_precision("auto", use_gpu=True) == "bf16-mixed"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert hardware.resolve_precision("auto", use_gpu=True) == "fp16"
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)

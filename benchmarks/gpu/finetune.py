@@ -59,7 +59,7 @@ def hf_finetune(model_dir: str, train_tsv: str) -> dict[str, float]:
             per_device_train_batch_size=BATCH,
             num_train_epochs=1,
             learning_rate=2e-5,
-            warmup_ratio=0.1,
+            warmup_steps=0.1,  # a fraction of the steps (transformers 5 dropped warmup_ratio)
             logging_steps=10**6,
             save_strategy="no",
             report_to=[],
