@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: install install-test run test lint bench gpu-bundle bench-gpu wiki wiki-random minilm quality clean
+.PHONY: install install-test run test test-fast lint bench bench-scale gpu-bundle bench-gpu wiki wiki-random minilm quality clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,14 +32,24 @@ run: install
 lint: install-test
 	$(PY) -m ruff check plm_ray pipelines tests benchmarks
 
+# The whole suite (CI): real Ray clusters, DeepSpeed engines and Tune trials, 20-odd minutes on 2 cores.
 test: lint
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra
+
+# The units, no Ray (config, corpus, cache, masking, model, engine config, store, labels): about a minute.
+test-fast: lint
+	$(PY) -m pytest -q -ra -m "not slow"
 
 # Side-by-side benchmarks (tens of minutes); CORPUS defaults to ../shared/data/corpus
 CORPUS ?= ../shared/data/corpus
 SST2 ?= ../shared/data/sst2
 bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks --corpus $(CORPUS)
+
+# Data at scale: the shards against a corpus 20x larger made from them (writes ~1 GB under the repo
+# for the run, then deletes it): first step streaming and on the cache, memory, cache build rate
+bench-scale: install
+	$(PY) -m benchmarks.scale --corpus $(CORPUS)
 
 # The GPU machine is offline: `make gpu-bundle` (here) fills .whl/ with the wheels it lacks (Ray,
 # DeepSpeed, ...) and .gpu-data/ with three corpus shards and 8,000 SST-2 rows; both travel with the
@@ -78,4 +88,4 @@ quality: $(VENV)/.installed-bench
 	$(PY) -m benchmarks.quality --sst2 $(SST2) --run wiki-sst2 --run minilm-sst2
 
 clean:
-	rm -rf plm_store bench-results.json .pytest_cache
+	rm -rf plm_store bench-results.json bench-scale-results.json .pytest_cache

@@ -1,3 +1,3 @@
 """plm-ray: BERT-style pre-training (Ray Train + DeepSpeed ZeRO) and fine-tuning sweeps (Ray Tune)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

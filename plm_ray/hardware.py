@@ -88,6 +88,15 @@ def resolve(use_gpu: bool, precision: str, attention: str, cpus: int) -> Hardwar
     return Hardware(use_gpu, resolve_precision(precision, use_gpu), chosen, 0 if use_gpu else cpus)
 
 
+def expected(use_gpu: bool, precision: str) -> Hardware:
+    """The hardware the driver expects its workers to resolve, for checks made before anything starts
+    (the driver may have no GPU): auto on a GPU is taken as bf16-mixed, what GPUs with bf16 resolve."""
+    chosen = precision if precision != "auto" else ("bf16-mixed" if use_gpu else resolve_precision("auto", False))
+    if not use_gpu:
+        resolve_precision(chosen, False)  # refuse what this CPU cannot do, before anything starts
+    return Hardware(use_gpu, chosen, None, 0)
+
+
 def pretraining(cfg: Config) -> Hardware:
     p = cfg.pretrain
     return resolve(p.use_gpu, p.precision, cfg.model.attention, p.cpus_per_worker)

@@ -1,4 +1,4 @@
-"""Stage 8, report: what a run measured, for people. `<run>/report/report.md` holds the pre-training
+"""Report: what a run measured, for people. `<run>/report/report.md` holds the pre-training
 figures and, for every sweep of the run, a table of its trials; beside it `pretrain_loss.png` (the
 loss curve) and `<sweep>_accuracy.png` (validation accuracy against learning rate, one curve per
 epoch, the best trial marked). Written at the end of every command and by `plm-ray report RUN`."""
@@ -76,7 +76,7 @@ def _pretrain_section(p: dict[str, Any]) -> list[str]:
         # training time sums every attempt of a resumed run (the last attempt's wall alone hid the rest);
         # results written before `train_seconds` existed have only the wall
         f"| {p['steps']:,} | {p['tokens']:,} | {p['tokens_per_second']:,.0f} "
-        f"| {p.get('train_seconds', p['wall_seconds']) / 60:.1f} min "
+        f"| {p['train_seconds'] / 60:.1f} min "
         f"| {p['final_loss']:.3f} | {p['eval_loss']:.3f} | {p['eval_perplexity']:.1f} | {p['eval_accuracy']:.1%} |",
         "",
         "![pre-training loss](pretrain_loss.png)",

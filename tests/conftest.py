@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -20,6 +21,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.update(
     AWS_ACCESS_KEY_ID="plm-test-key", AWS_SECRET_ACCESS_KEY="plm-test-secret-key", AWS_DEFAULT_REGION="us-east-1"
 )
+
+# W&B writes its runs to files here instead of its servers (tests never reach the network); set before
+# the session's Ray cluster starts, so trials and workers inherit it as a user's shell would hand it on.
+os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=tempfile.mkdtemp(prefix="plm-wandb-"))
+LABELED_TEXTS = ["the plot was thin", "an ordinary film", "a moving story", "the acting was wooden", "it was fun"]
 
 # Small enough for a 2-core CI machine, but every stage runs for real.
 SMALL = [

@@ -29,7 +29,14 @@ def test_run_end_to_end_then_store_ls(tmp_path: Path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "plm_store" / "cli" / "summary.json").read_text())
     assert summary["pretrain"]["steps"] == 6 and len(summary["sweep"]["trials"]) == 2
-    assert "best: learning_rate" in done.stdout and "[pretrain] step 6/6" in done.stdout + done.stderr
+    assert "best: learning_rate" in done.stdout and "[pretrain] step 6/6" in done.stdout
+    # quiet by default: plm-ray's own progress, then the summary, last; Ray's, Tune's and DeepSpeed's
+    # output is in the run's logs, and nothing plm-ray does draws a warning
+    assert len(done.stdout.splitlines()) <= 40, done.stdout
+    assert done.stdout.splitlines()[-1] == f"logs: {tmp_path / 'plm_store' / 'cli'}/logs"
+    assert done.stderr == "", done.stderr
+    logs = tmp_path / "plm_store" / "cli" / "logs"
+    assert (logs / "driver.log").stat().st_size > 0 and list(logs.glob("worker-*"))
     listing = _cli("store", "ls", str(tmp_path / "plm_store"), cwd=tmp_path)
     assert listing.returncode == 0 and listing.stdout.startswith("cli\tcomplete\tpretrain,sweep")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -25,7 +26,10 @@ from .conftest import SMALL
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
-EXCLUDES = [".git", ".venv", "plm_store", "**/__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache"]
+
+def readme_job_submit() -> str:
+    """The README's `ray job submit` command, as a user copies it (the first one, in "On a Ray cluster")."""
+    return next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("ray job submit"))
 
 
 def _port() -> int:
@@ -65,8 +69,10 @@ def _ray(*args: str, env: dict[str, str], timeout: int = 120) -> subprocess.Comp
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     gcs, dash = _port(), _port()
-    # As a user's client must: token auth stays on; the token is read from ~/.ray/auth_token.
+    # As a user's client must: token auth stays on; the token is read from ~/.ray/auth_token. `python`
+    # and `ray` are this environment's, as on a cluster whose image has plm-ray installed.
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     second_temp = tempfile.mkdtemp(prefix="ray2-", dir="/tmp")
     procs = [
         _start(
@@ -79,6 +85,9 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 f"--dashboard-port={dash}",
                 "--num-cpus=2",
                 '--resources={"head_node": 1}',
+                # a port of its own for each node's dashboard agent (the job server's helper): the
+                # default one may be taken by another Ray on the machine (the test session's own)
+                f"--dashboard-agent-listen-port={_port()}",
             ],
             env,
         )
@@ -100,6 +109,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                     "--node-ip-address=127.0.0.1",
                     "--num-cpus=2",
                     '--resources={"second_node": 1}',
+                    f"--dashboard-agent-listen-port={_port()}",
                     f"--temp-dir={second_temp}",
                 ],
                 env,
@@ -122,8 +132,8 @@ def _submit(head: dict[str, Any], script: str, *sets: str) -> tuple[int, str, st
         head["dashboard"],
         "--working-dir",
         str(REPO),
-        "--runtime-env-json",
-        json.dumps({"excludes": EXCLUDES}),
+        "--runtime-env",
+        str(REPO / "pipelines" / "job.yaml"),
         "--",
         sys.executable,
         f"pipelines/{script}.py",
@@ -140,37 +150,44 @@ def _submit(head: dict[str, Any], script: str, *sets: str) -> tuple[int, str, st
     return done.returncode, found.group(1), logs
 
 
-def test_jobs_pretrain_then_sweep_spread_over_two_nodes(head: dict[str, Any]):
-    common = [*SMALL, f"store.root={head['store']}", "run.name=job"]
-    code, job, logs = _submit(head, "pretrain", *common, "pretrain.placement_strategy=STRICT_SPREAD")
-    assert code == 0, logs[-3000:]
-    status = _ray("job", "status", "--address", head["dashboard"], job, env=head["env"])
-    assert f"Job '{job}' succeeded" in status.stdout + status.stderr, status.stderr
-    assert "[pretrain] step 6/6" in logs
-    result = json.loads((Path(head["store"]) / "job" / "pretrain" / "result.json").read_text())
-    assert result["nodes"] == 2, "the two workers must run on different nodes"
-    listed = _ray(
-        "list",
-        "tasks",
-        "--address",
-        head["dashboard"],
-        "--format",
-        "json",
-        "--detail",
-        "--limit",
-        "10000",
-        env=head["env"],
-    )
-    tokenize_nodes = {t["node_id"] for t in json.loads(listed.stdout) if "tokenize_batch" in t["name"]}
-    assert len(tokenize_nodes) == 2, "Ray Data tokenization should run as tasks on both nodes"
-    code, _, logs = _submit(head, "sweep", *common)
-    assert code == 0, logs[-3000:]
-    run = Path(head["store"]) / "job"
+def test_the_readme_job_runs_as_written_over_two_nodes(head: dict[str, Any]):
+    """The README's command, with the test's small settings appended: pre-training and the sweep in a
+    job, its two workers on different nodes and the cache's tasks on both."""
+    # small chunks: many cache-building tasks, which the CPUs the workers leave on both nodes take
+    spread = ["pretrain.placement_strategy=STRICT_SPREAD", "data.chunk_mb=0.05"]
+    small = " ".join(f"--set {shlex.quote(s)}" for s in [*SMALL, *spread])
+    env = {**head["env"], "RAY_ADDRESS": head["dashboard"], "STORE": head["store"]}
+    for _ in range(60):  # the head's job agent comes up a little after its job server
+        done = subprocess.run(
+            ["bash", "-c", f"{readme_job_submit()} {small}"], cwd=REPO, env=env, capture_output=True, text=True,
+            timeout=900,
+        )
+        if "No available agent" not in done.stdout + done.stderr:
+            break
+        time.sleep(2)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[pretrain] step 6/6" in done.stdout and "best: learning_rate" in done.stdout
+    run = Path(head["store"]) / "first"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["pretrain"]["steps"] == 6 and len(summary["sweep"]["trials"]) == 2
+    assert summary["pretrain"]["nodes"] == 2, "the two workers must run on different nodes"
     assert (run / "pretrain" / "export" / "model.safetensors").is_file()
     assert (run / "sweep" / "results.csv").is_file() and (run / "sweep" / "best_model" / "config.json").is_file()
     assert list((run / "pretrain").glob("checkpoint_*/state/zero_pp_rank_1_*"))
+    listed = _ray(
+        "list", "tasks", "--address", head["dashboard"], "--format", "json", "--detail", "--limit", "10000",
+        env=head["env"],
+    )
+    tokenize_nodes = {t["node_id"] for t in json.loads(listed.stdout) if "build_chunk" in t["name"]}
+    assert len(tokenize_nodes) == 2, "the cache's Ray Data tasks should tokenize on both nodes"
+
+
+def test_a_sweep_job_continues_the_run(head: dict[str, Any]):
+    """`pipelines/sweep.py`: a second sweep of the README job's run, without pre-training again."""
+    sets = [*SMALL, f"store.root={head['store']}", "run.name=first", "sweep.name=again", "sweep.learning_rates=[0.001]"]
+    code, _, logs = _submit(head, "sweep", *sets)
+    assert code == 0, logs[-3000:]
+    assert json.loads((Path(head["store"]) / "first" / "again" / "result.json").read_text())["trials"]
 
 
 def test_a_local_run_beside_a_ray_start_head_keeps_its_workers(head: dict[str, Any], tmp_path: Path):

@@ -7,13 +7,18 @@ from pathlib import Path
 import pytest
 
 from plm_ray.config import ConfigError, StoreSection, SweepSection
-from plm_ray.data.labeled import load_split, prepare_labeled
+from plm_ray.data.labeled import load_split, read_labeled, store_labeled
 from plm_ray.store import Store
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     return Store(StoreSection(root=str(tmp_path / "store")))
+
+
+def prepare_labeled(cfg: SweepSection, store: Store, run: str, task: str, validation: str) -> dict:
+    """What the sweep stage does: read and check (its check), then store the rows (its run)."""
+    return store_labeled(read_labeled(cfg, store, task, validation), store, run, cfg.name)
 
 
 def _write(path: Path, header: str, rows: list[str]) -> str:
@@ -27,8 +32,25 @@ def test_three_classes_other_columns_quoted_csv(tmp_path: Path, store: Store):
     cfg = SweepSection(text_column="review", label_column="stars", validation_fraction=0.2)
     info = prepare_labeled(cfg, store, "r", task, "")
     assert info["num_labels"] == 3 and info["train_rows"] + info["validation_rows"] == 60
-    texts, labels = load_split(store, "r", "sweep", "train")
-    assert texts[0].startswith("text, number") and set(labels) <= {0, 1, 2}
+    rows = load_split(store, "r", "sweep", "train")
+    assert rows.texts[0].startswith("text, number") and set(rows.labels) <= {0, 1, 2} and rows.pairs is None
+
+
+def test_sentence_pairs_keep_their_second_text(tmp_path: Path, store: Store):
+    """A pair task (MRPC, RTE, QNLI style): the second text column travels with each row, through
+    the hold-out split (by the content hash of both texts) and the stored splits."""
+    rows = [f"premise {i}\thypothesis {i}\t{i % 2}" for i in range(80)]
+    task = _write(tmp_path / "pairs.tsv", "sentence1\tsentence2\tlabel", rows)
+    cfg = SweepSection(text_column="sentence1", text_pair_column="sentence2", validation_fraction=0.25)
+    info = prepare_labeled(cfg, store, "r", task, "")
+    train, valid = load_split(store, "r", "sweep", "train"), load_split(store, "r", "sweep", "validation")
+    assert info["train_rows"] == len(train.pairs) and len(valid.texts) == len(valid.pairs) > 0
+    assert all(
+        p == t.replace("premise", "hypothesis")
+        for t, p in zip(train.texts + valid.texts, train.pairs + valid.pairs, strict=True)
+    )
+    with pytest.raises(ConfigError, match="has no column 'sentence3'.*set sweep.text_pair_column"):
+        prepare_labeled(SweepSection(text_column="sentence1", text_pair_column="sentence3"), store, "r", task, "")
 
 
 def test_string_labels_with_label_map(tmp_path: Path, store: Store):

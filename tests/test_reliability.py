@@ -19,7 +19,6 @@ from typing import Any
 import psutil
 import pytest
 
-from benchmarks.common import TreeMonitor
 from plm_ray import pipeline
 from plm_ray.config import ConfigError, load_config
 from plm_ray.pretrain import checkpoints
@@ -93,17 +92,14 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None) -> list[
     """The corpus, and one tokenizer for every run compared here: `tokenizers` breaks ties between
     equally frequent merges in hash order, so two trainings may differ in a few rare tokens (a run
     trains its tokenizer once and every resume reuses it)."""
-    import ray.data
-
     from plm_ray.config import TokenizerSection
     from plm_ray.data import embedded
-    from plm_ray.data.tokenizer import prepare_tokenizer
+    from plm_ray.data.tokenizer import train_wordpiece
 
     folder = tmp_path_factory.mktemp("corpus")
     lines = embedded.corpus_lines(n_docs=4000, seed=11)
     (folder / "corpus.txt").write_text("\n".join(lines) + "\n")
-    sample = ray.data.from_items([{"text": t} for t in lines])
-    prepare_tokenizer(TokenizerSection(vocab_size=512), sample, folder / "tokenizer")
+    train_wordpiece([lines], TokenizerSection(vocab_size=512)).save_pretrained(folder / "tokenizer")
     return [f"data.corpus={folder / 'corpus.txt'}", f"tokenizer.path={folder / 'tokenizer'}"]
 
 
@@ -116,9 +112,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory, corpus: list[str]) -> It
     def get(stage: int) -> Any:
         if stage not in made:
             cfg = small_config(root, f"ref{stage}", *RESUMABLE, *corpus, f"pretrain.zero_stage={stage}")
-            store, run = pipeline.start_run(cfg, ["pretrain"], resume=False, overwrite=False)
-            pipeline.pretrain(cfg, store, run)
-            made[stage] = {"trajectory": _trajectory(root, run), "root": root, "run": run}
+            pipeline.execute("pretrain", cfg)
+            made[stage] = {"trajectory": _trajectory(root, f"ref{stage}"), "root": root, "run": f"ref{stage}"}
         return made[stage]
 
     yield get
@@ -127,7 +122,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, corpus: list[str]) -> It
 @pytest.mark.parametrize("stage", [2, 3])
 def test_worker_killed_mid_training_resumes_exactly(tmp_path: Path, corpus: list[str], reference, stage: int):
     cfg = small_config(tmp_path, "killed", *RESUMABLE, *corpus, f"pretrain.zero_stage={stage}")
-    store, run = pipeline.start_run(cfg, ["pretrain"], resume=False, overwrite=False)
+    store, run = Store(cfg.store), "killed"
 
     def kill_a_worker() -> int:
         victim = _train_workers()[-1]
@@ -135,7 +130,7 @@ def test_worker_killed_mid_training_resumes_exactly(tmp_path: Path, corpus: list
         return victim.pid
 
     seen = _when_checkpointed(store, run, kill_a_worker)
-    result = pipeline.pretrain(cfg, store, run)
+    result = pipeline.execute("pretrain", cfg)["pretrain"]
     assert seen.get("result"), "no worker was killed: the run ended before its first checkpoint was complete"
     assert result["steps"] == 30
     history = store.read_json(run, "pretrain", "history.json")
@@ -234,9 +229,8 @@ def test_half_written_checkpoint_is_passed_over_with_a_warning(
     assert f"{newest} is incomplete: {expected}" in caplog.text
 
     cfg = small_config(root, "half", *RESUMABLE, *corpus, "pretrain.zero_stage=2")
-    store, run = pipeline.start_run(cfg, ["pretrain"], resume=True, overwrite=False)
-    assert pipeline.pretrain(cfg, store, run)["steps"] == 30
-    resumes = [h["resumed_from"] for h in store.read_json(run, "pretrain", "history.json") if "resumed_from" in h]
+    assert pipeline.execute("pretrain", cfg, resume=True)["pretrain"]["steps"] == 30
+    resumes = [h["resumed_from"] for h in store.read_json("half", "pretrain", "history.json") if "resumed_from" in h]
     assert resumes == [previous]
     _assert_same_run(_trajectory(root, "half"), ref["trajectory"])
 
@@ -246,8 +240,8 @@ def test_resume_with_another_configuration_is_refused(tmp_path: Path, corpus: li
     shutil.copytree(ref["root"] / ref["run"], tmp_path / "other")
     (tmp_path / "other" / "pretrain" / "result.json").unlink()
     cfg = small_config(tmp_path, "other", *RESUMABLE, *corpus, "pretrain.zero_stage=3")
-    with pytest.raises(pipeline.ConfigError, match="'pretrain.zero_stage' = 3, but the checkpoint .* was made with 2"):
-        pipeline.start_run(cfg, ["pretrain"], resume=True, overwrite=False)
+    with pytest.raises(ConfigError, match="'pretrain.zero_stage' = 3, but the checkpoint .* was made with 2"):
+        pipeline.execute("pretrain", cfg, resume=True)
 
 
 def test_resume_compares_the_zero_stage_as_run():
@@ -314,6 +308,20 @@ def test_sweep_driver_killed_then_resumed_keeps_finished_trials(tmp_path: Path, 
     assert all(float(r["epochs_run"]) >= 1 for r in rows)
 
 
+def _sample_pss(samples: list[tuple[float, int]], done: threading.Event) -> None:
+    """(time, bytes) every second: the summed proportional set size of this process and every
+    process below it (the Ray cluster it started); PSS counts Ray's shared object store once."""
+    me = psutil.Process()
+    while not done.wait(1.0):
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        samples.append((time.time(), total))
+
+
 def test_sixteen_trials_on_two_cpus_queue_and_all_complete(tmp_path: Path, reference):
     ref = reference(2)
     export = ref["root"] / ref["run"] / "pretrain" / "export"
@@ -321,9 +329,15 @@ def test_sixteen_trials_on_two_cpus_queue_and_all_complete(tmp_path: Path, refer
     cfg = small_config(
         tmp_path, "load", f"sweep.model={export}", f"sweep.learning_rates={rates}", "sweep.max_concurrent_trials=2"
     )
-    store, run = pipeline.start_run(cfg, ["sweep"], resume=False, overwrite=False)
-    with TreeMonitor(os.getpid(), memory=True) as memory:  # this process and the Ray cluster below it
-        result = pipeline.sweep(cfg, store, run)
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+    sampler = threading.Thread(target=_sample_pss, args=(samples, done), daemon=True)
+    sampler.start()
+    try:
+        result = pipeline.execute("sweep", cfg)["sweep"]
+    finally:
+        done.set()
+        sampler.join()
     assert len(result["trials"]) == 16 and all(t["status"] == "OK" for t in result["trials"])
     spans = []
     for reports in _trial_reports(tmp_path / "load" / "sweep").values():
@@ -333,9 +347,9 @@ def test_sixteen_trials_on_two_cpus_queue_and_all_complete(tmp_path: Path, refer
     most_at_once = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
     assert most_at_once <= 2, f"{most_at_once} trials ran at once with max_concurrent_trials=2"
     # bounded: the last trials take no more memory than the first ones did
-    start, end = memory.samples[0][0], memory.samples[-1][0]
-    first = max(m for t, m in memory.samples if t < start + (end - start) / 4)
-    last = max(m for t, m in memory.samples if t > end - (end - start) / 4)
-    peak, first_gib, last_gib = memory.peak / 2**30, first / 2**30, last / 2**30
+    start, end = samples[0][0], samples[-1][0]
+    first = max(m for t, m in samples if t < start + (end - start) / 4)
+    last = max(m for t, m in samples if t > end - (end - start) / 4)
+    peak, first_gib, last_gib = max(m for _, m in samples) / 2**30, first / 2**30, last / 2**30
     print(f"16-trial sweep: peak PSS {peak:.2f} GiB (first quarter {first_gib:.2f}, last {last_gib:.2f})")
     assert last <= 1.25 * first + 256 * 2**20, (first, last)

@@ -49,10 +49,7 @@ def _objects(endpoint: str) -> dict[str, bytes]:
 def test_pretrain_and_sweep_with_the_store_on_s3(s3: str, capfd: pytest.CaptureFixture[str]):
     store_sets = [f"store.root=s3://{BUCKET}/runs", f"store.endpoint={s3}", "store.region=us-east-1"]
     cfg = small_config(None, "s3run", *store_sets, f"data.corpus=s3://{BUCKET}/corpus/")
-    store, run = pipeline.start_run(cfg, ["pretrain", "sweep"], resume=False, overwrite=False)
-    pipeline.pretrain(cfg, store, run)
-    sweep = pipeline.sweep(cfg, store, run)
-    pipeline.finish(cfg, store, run)
+    sweep = pipeline.execute("run", cfg)["sweep"]
     objects = _objects(s3)
     keys = set(objects)
     prefix = "runs/s3run/"

@@ -52,6 +52,7 @@ def test_every_torch_load_in_the_package_passes_weights_only_true():
     assert not pickle_reads, pickle_reads
 
 
+@pytest.mark.slow
 def test_local_ray_listens_on_loopback_only():
     """A command's own Ray: dashboard and job server bound to 127.0.0.1, not every interface."""
     probe = (

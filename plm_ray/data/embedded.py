@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import random
 
+from plm_ray.config import CACHE
+from plm_ray.store import Store
+
 POSITIVE = [
     "good",
     "great",
@@ -145,9 +148,23 @@ def task_tsv(split: str, seed: int = 0) -> str:
 
 
 def files(seed: int = 0, shards: int = 4) -> dict[str, str]:
-    """Relative path -> text. The corpus comes in shards so Ray Data tokenizes it in parallel tasks
-    (one file is one read task), as it would a real sharded corpus."""
+    """Relative path -> text. The corpus comes in shards, tokenized in parallel tasks as a real
+    sharded corpus would be."""
     lines = corpus_lines(seed=seed)
     out = {f"corpus/part-{i}.txt": "\n".join(lines[i::shards]) + "\n" for i in range(shards)}
     out.update({"train.tsv": task_tsv("train", seed), "dev.tsv": task_tsv("dev", seed)})
     return out
+
+
+def locations(store: Store, seed: int) -> dict[str, str]:
+    """The embedded corpus and task in the store (`<root>/cache/embedded/seed-N/`, written once, so
+    runs share them, and their tokenized cache), as locations workers on any node can read."""
+    folder = (CACHE, "embedded", f"seed-{seed}")
+    if not store.exists(*folder, "complete"):
+        for name, text in files(seed).items():
+            store.write_bytes(text.encode(), *folder, name)
+        store.write_bytes(b"", *folder, "complete")
+    return {
+        key: store.uri(*folder, name)
+        for key, name in (("corpus", "corpus"), ("train", "train.tsv"), ("dev", "dev.tsv"))
+    }

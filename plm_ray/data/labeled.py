@@ -1,8 +1,9 @@
-"""Labeled data for the sweep: read once on the driver, checked, split, and written to the store as
-Parquet so every trial on every node reads the same validated rows."""
+"""Labeled data for the sweep: read once on the driver (the sweep's check), checked, split, and
+written to the store as Parquet so every trial on every node reads the same validated rows."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ from plm_ray.store import Store
 
 
 def read_table(location: str, fmt: str, store: Store) -> pa.Table:
-    fs, paths = list_files(location, store, "labeled data")
+    fs, files = list_files(location, store, "labeled data")
     tables = []
-    for path in paths:
+    for path in (f.path for f in files):
         kind = fmt if fmt != "auto" else EXTENSIONS.get(Path(path).suffix.lower())
         if kind not in ("csv", "tsv", "jsonl", "parquet"):
             raise ConfigError(
@@ -56,16 +57,37 @@ def _hf_table(name: str, config: str, split: str) -> pa.Table:
         ) from exc
 
 
-def _columns(table: pa.Table, cfg: SweepSection, where: str) -> tuple[list[str], pa.ChunkedArray]:
-    for key, column in (("sweep.text_column", cfg.text_column), ("sweep.label_column", cfg.label_column)):
+@dataclass
+class Rows:
+    """Labeled rows: texts, the second texts of sentence pairs (None for single texts), label ids."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    labels: np.ndarray
+
+    def select(self, keep: np.ndarray) -> Rows:
+        chosen = [i for i, k in enumerate(keep) if k]
+        pairs = [self.pairs[i] for i in chosen] if self.pairs is not None else None
+        return Rows([self.texts[i] for i in chosen], pairs, self.labels[keep])
+
+
+def _text(table: pa.Table, column: str) -> list[str]:
+    return [str(t) if t is not None else "" for t in table.column(column).to_pylist()]
+
+
+def _columns(table: pa.Table, cfg: SweepSection, where: str) -> tuple[list[str], list[str] | None, pa.ChunkedArray]:
+    columns = [("sweep.text_column", cfg.text_column), ("sweep.label_column", cfg.label_column)]
+    if cfg.text_pair_column:
+        columns.append(("sweep.text_pair_column", cfg.text_pair_column))
+    for key, column in columns:
         if column not in table.column_names:
             raise ConfigError(
                 f"labeled data {where} has no column {column!r} (columns: {', '.join(table.column_names)}); set {key}"
             )
     if len(table) == 0:
         raise ConfigError(f"labeled data {where} is empty")
-    texts = [str(t) if t is not None else "" for t in table.column(cfg.text_column).to_pylist()]
-    return texts, table.column(cfg.label_column)
+    pairs = _text(table, cfg.text_pair_column) if cfg.text_pair_column else None
+    return _text(table, cfg.text_column), pairs, table.column(cfg.label_column)
 
 
 def _label_ids(labels: pa.ChunkedArray, cfg: SweepSection, where: str, names: list[str] | None) -> np.ndarray:
@@ -93,60 +115,78 @@ def _label_ids(labels: pa.ChunkedArray, cfg: SweepSection, where: str, names: li
     return np.array([index[v] for v in values], dtype=np.int64)
 
 
-def read_labeled(cfg: SweepSection, store: Store, task: str, validation: str) -> dict[str, Any]:
-    """Read and validate the labeled data (nothing is written): texts, label ids and the label names."""
-    if task.startswith("hf:"):
-        train = _hf_table(task[3:], cfg.hf_config, "train")
-        valid = _hf_table(task[3:], cfg.hf_config, validation or "validation")
-    else:
-        train = read_table(task, cfg.format, store)
-        valid = read_table(validation, cfg.format, store) if validation else None
-    texts, labels = _columns(train, cfg, task)
-    names = None
+def _label_names(labels: pa.ChunkedArray, cfg: SweepSection) -> list[str] | None:
+    """String labels sorted into names (with sweep.label_map); None where labels are numbers already."""
     if cfg.label_map and not (pa.types.is_integer(labels.type) or pa.types.is_floating(labels.type)):
-        names = sorted({str(v) for v in labels.to_pylist()})
-    y = _label_ids(labels, cfg, task, names)
-    if valid is not None:
-        v_texts, v_labels = _columns(valid, cfg, validation)
-        v_y = _label_ids(v_labels, cfg, validation, names)
-    else:  # deterministic hold-out by content hash
-        held = np.array([is_eval_document(t, cfg.validation_fraction) for t in texts])
-        v_texts, v_y = [t for t, h in zip(texts, held, strict=True) if h], y[held]
-        texts, y = [t for t, h in zip(texts, held, strict=True) if not h], y[~held]
-        if not v_texts:
-            raise ConfigError(
-                f"labeled data {task}: the held-out validation split is empty; "
-                "raise sweep.validation_fraction or set sweep.validation"
-            )
-    num_labels = cfg.num_labels or (len(names) if names else int(max(y.max(), v_y.max())) + 1)
-    for where, ids in ((task, y), (validation or f"{task} (held out)", v_y)):
+        return sorted({str(v) for v in labels.to_pylist()})
+    return None
+
+
+def _held_out(train: Rows, cfg: SweepSection, task: str) -> tuple[Rows, Rows]:
+    """A deterministic hold-out by content hash of each row's text (and pair)."""
+    keys = train.texts if train.pairs is None else [f"{t}\t{p}" for t, p in zip(train.texts, train.pairs, strict=True)]
+    held = np.array([is_eval_document(k, cfg.validation_fraction) for k in keys])
+    if not held.any():
+        raise ConfigError(
+            f"labeled data {task}: the held-out validation split is empty; "
+            "raise sweep.validation_fraction or set sweep.validation"
+        )
+    return train.select(~held), train.select(held)
+
+
+def _check_labels(train: Rows, valid: Rows, num_labels: int, task: str, validation: str) -> None:
+    for where, ids in ((task, train.labels), (validation or f"{task} (held out)", valid.labels)):
         bad = ids[(ids < 0) | (ids >= num_labels)]
         if len(bad):
             raise ConfigError(f"labeled data {where}: label {int(bad[0])} is outside 0..{num_labels - 1}")
-    classes = np.unique(y)
+    classes = np.unique(train.labels)
     if len(classes) < 2:
         raise ConfigError(f"labeled data {task} has a single class (label {int(classes[0])}); need at least 2")
+
+
+def read_labeled(cfg: SweepSection, store: Store, task: str, validation: str) -> dict[str, Any]:
+    """Read and check the labeled data (nothing is written): its rows, split, and the label names."""
+    if task.startswith("hf:"):
+        train_table = _hf_table(task[3:], cfg.hf_config, "train")
+        valid_table = _hf_table(task[3:], cfg.hf_config, validation or "validation")
+    else:
+        train_table = read_table(task, cfg.format, store)
+        valid_table = read_table(validation, cfg.format, store) if validation else None
+    texts, pairs, labels = _columns(train_table, cfg, task)
+    names = _label_names(labels, cfg)
+    train = Rows(texts, pairs, _label_ids(labels, cfg, task, names))
+    if valid_table is not None:
+        v_texts, v_pairs, v_labels = _columns(valid_table, cfg, validation)
+        valid = Rows(v_texts, v_pairs, _label_ids(v_labels, cfg, validation, names))
+    else:
+        train, valid = _held_out(train, cfg, task)
+    num_labels = cfg.num_labels or (len(names) if names else int(max(train.labels.max(), valid.labels.max())) + 1)
+    _check_labels(train, valid, num_labels, task, validation)
     id2label = {i: (names[i] if names else f"LABEL_{i}") for i in range(num_labels)}
-    return {"train": (texts, y), "validation": (v_texts, v_y), "id2label": id2label}
+    return {"train": train, "validation": valid, "id2label": id2label}
 
 
-def prepare_labeled(cfg: SweepSection, store: Store, run: str, task: str, validation: str) -> dict[str, Any]:
-    """Validate, split and store the labeled data; returns what trials need to know about it."""
-    data = read_labeled(cfg, store, task, validation)
+def store_labeled(data: dict[str, Any], store: Store, run: str, sweep_name: str) -> dict[str, Any]:
+    """Write the checked rows (read_labeled's) into the sweep's folder, where every trial on every
+    node reads them; returns what trials need to know about them."""
     for split in ("train", "validation"):
-        split_texts, split_y = data[split]
+        rows: Rows = data[split]
+        columns = {"text": rows.texts, "label": rows.labels}
+        if rows.pairs is not None:
+            columns["pair"] = rows.pairs
         sink = pa.BufferOutputStream()
-        pq.write_table(pa.table({"text": split_texts, "label": split_y}), sink)
-        store.write_bytes(sink.getvalue().to_pybytes(), run, cfg.name, "data", f"{split}.parquet")
+        pq.write_table(pa.table(columns), sink)
+        store.write_bytes(sink.getvalue().to_pybytes(), run, sweep_name, "data", f"{split}.parquet")
     return {
         "num_labels": len(data["id2label"]),
         "id2label": data["id2label"],
-        "train_rows": len(data["train"][0]),
-        "validation_rows": len(data["validation"][0]),
+        "train_rows": len(data["train"].texts),
+        "validation_rows": len(data["validation"].texts),
     }
 
 
-def load_split(store: Store, run: str, sweep_name: str, split: str) -> tuple[list[str], np.ndarray]:
+def load_split(store: Store, run: str, sweep_name: str, split: str) -> Rows:
     with store.fs.open_input_file(store.path(run, sweep_name, "data", f"{split}.parquet")) as f:
         table = pq.read_table(f)
-    return [str(t) for t in table.column("text").to_pylist()], table.column("label").to_numpy()
+    pairs = _text(table, "pair") if "pair" in table.column_names else None
+    return Rows(_text(table, "text"), pairs, table.column("label").to_numpy())

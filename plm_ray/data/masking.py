@@ -1,4 +1,4 @@
-"""Stage 4, masking: dynamic MLM masking at batch time, on the device the batch lives on.
+"""Masking: dynamic MLM masking at batch time, on the device the batch lives on.
 
 Returns the masked inputs, the flat positions the sparse head predicts and their labels (the
 original ids). With `capacity`, the positions come in a fixed number of slots, selected positions

@@ -1,20 +1,28 @@
-"""Stage 2, tokenizer: load a Hugging Face fast tokenizer, or train WordPiece on a corpus sample.
+"""Tokenizer: load a Hugging Face fast tokenizer, or train WordPiece on a corpus sample.
 
 The result is always saved as a Hugging Face tokenizer directory; that directory travels with every
-checkpoint and export so no later stage can silently use another vocabulary.
+checkpoint and export so no later stage can silently use another vocabulary. A trained WordPiece is
+kept in the store (`<root>/cache/tokenizers/<key>/`, keyed by the corpus and the tokenizer settings)
+and reused by later runs of the same corpus: the trainer breaks ties between equally frequent merges
+in hash order, so a second training could differ in a few tokens, and the tokenized cache with it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Iterable, Iterator
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 
-import ray.data
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from plm_ray.config import ConfigError, TokenizerSection
+from plm_ray.config import CACHE, ConfigError, TokenizerSection
+from plm_ray.data.corpus import Corpus, sample_documents
+from plm_ray.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +35,6 @@ SPECIAL = {
 }
 
 
-def _sample(corpus: ray.data.Dataset, n_docs: int) -> Iterator[list[str]]:
-    """Stream the first `n_docs` documents in batches; the driver never holds more than a batch."""
-    for batch in corpus.limit(n_docs).iter_batches(batch_size=1000, batch_format="numpy"):
-        yield [str(t) for t in batch["text"]]
-
-
 def train_wordpiece(texts: Iterable[list[str]], cfg: TokenizerSection) -> PreTrainedTokenizerFast:
     """WordPiece trained on batches of documents."""
     tok = Tokenizer(models.WordPiece(unk_token=SPECIAL["unk_token"]))
@@ -40,7 +42,10 @@ def train_wordpiece(texts: Iterable[list[str]], cfg: TokenizerSection) -> PreTra
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(
-        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=list(SPECIAL.values())
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=list(SPECIAL.values()),
+        show_progress=False,  # its bars are blank lines on a console that is not a terminal
     )
     tok.train_from_iterator(texts, trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
@@ -67,13 +72,23 @@ def load_tokenizer(location: str | Path) -> PreTrainedTokenizerFast:
     return tok
 
 
-def prepare_tokenizer(cfg: TokenizerSection, corpus: ray.data.Dataset | None, out_dir: Path) -> PreTrainedTokenizerFast:
-    """Load or train, then save into `out_dir` (uploaded to the store by the caller)."""
+def cached_folder(corpus: Corpus, cfg: TokenizerSection) -> tuple[str, ...]:
+    settings = {"corpus": corpus.fingerprint(), "tokenizer": asdict(cfg)}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+    return (CACHE, "tokenizers", key)
+
+
+def corpus_tokenizer(cfg: TokenizerSection, corpus: Corpus, store: Store) -> PreTrainedTokenizerFast:
+    """`tokenizer.path`'s, or the WordPiece trained on this corpus with these settings: from the
+    store's cache, else trained on the corpus's first `sample_documents` documents and cached."""
     if cfg.path:
-        tok = load_tokenizer(cfg.path)
-    elif corpus is None:
-        raise ConfigError("tokenizer.path is empty and there is no corpus to train one on")
-    else:
-        tok = train_wordpiece(_sample(corpus, cfg.sample_documents), cfg)
-    tok.save_pretrained(str(out_dir))
-    return tok
+        return load_tokenizer(cfg.path)
+    cached = cached_folder(corpus, cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        if store.exists(*cached, "complete"):
+            return load_tokenizer(store.download_dir(tmp, *cached))
+        tokenizer = train_wordpiece(sample_documents(corpus, store, cfg.sample_documents), cfg)
+        tokenizer.save_pretrained(tmp)
+        store.upload_dir(tmp, *cached)
+        store.write_bytes(b"", *cached, "complete")  # last: the folder holds the whole tokenizer
+        return tokenizer

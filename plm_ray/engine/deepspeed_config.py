@@ -1,14 +1,35 @@
 """What an engine trains with (`EngineSpec`, filled by each stage from its config) and the DeepSpeed
 config that it and the hardware make. The optimizer is torch's AdamW, built by the engine (engine.py),
-except under ZeRO-Offload, which needs DeepSpeed's CPU Adam and so gets it from this config."""
+except under ZeRO-Offload, which needs DeepSpeed's CPU Adam and so gets it from this config.
+
+A user's own DeepSpeed JSON (`pretrain.deepspeed`, `sweep.deepspeed`) is merged over the generated
+config: its keys win, except those plm-ray sets from its own configuration (OWNED), which it may
+only repeat or leave as "auto" (the Hugging Face integration's convention); another value is refused
+in one line naming both keys."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from plm_ray.config import OptimizerSection
+from plm_ray.config import ConfigError, OptimizerSection
 from plm_ray.hardware import Hardware
+
+# DeepSpeed keys plm-ray sets from its own configuration, and the plm-ray key that decides each
+OWNED = {
+    "train_micro_batch_size_per_gpu": "the micro-batch (pretrain.batch_size / the trial's batch size)",
+    "train_batch_size": "the micro-batch x accumulation x workers",
+    "gradient_accumulation_steps": "pretrain.grad_accum",
+    "gradient_clipping": "pretrain.grad_clip",
+    "zero_optimization.stage": "pretrain.zero_stage / sweep.zero_stage",
+    "bf16.enabled": "pretrain.precision / sweep.precision",
+    "fp16.enabled": "pretrain.precision / sweep.precision",
+    "torch_autocast.enabled": "pretrain.precision / sweep.precision",
+    "optimizer": "the optimizer section and the learning rates",
+    "scheduler": "the learning-rate schedule keys",
+}
 
 
 @dataclass(frozen=True)
@@ -26,6 +47,7 @@ class EngineSpec:
     hidden_size: int  # sizes ZeRO's buffers
     optimizer: OptimizerSection
     compile: bool = False
+    user: dict[str, Any] = field(default_factory=dict)  # the user's DeepSpeed JSON (read_user_config)
 
     @property
     def offloads(self) -> bool:
@@ -81,4 +103,44 @@ def deepspeed_config(spec: EngineSpec, hardware: Hardware) -> dict[str, Any]:
         o = spec.optimizer
         params = {"lr": spec.learning_rate, "betas": o.betas, "eps": o.eps, "weight_decay": spec.weight_decay}
         config["optimizer"] = {"type": "AdamW", "params": params}
-    return config
+    return _merge(config, spec.user, "") if spec.user else config
+
+
+def read_user_config(path: str, key: str) -> dict[str, Any]:
+    """The user's DeepSpeed JSON, read and checked on the driver (workers get the dict, not the file)."""
+    try:
+        loaded = json.loads(Path(path).expanduser().read_text())
+    except OSError as exc:
+        raise ConfigError(f"config key '{key}' = {path!r}: cannot read it ({exc.strerror})") from exc
+    except ValueError as exc:
+        raise ConfigError(f"config key '{key}' = {path!r}: not JSON ({exc})") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config key '{key}' = {path!r}: must hold a JSON object")
+    return loaded
+
+
+def _all_auto(value: Any) -> bool:
+    """ "auto", or a section all of whose values are (an HF-style optimizer block, say)."""
+    return value == "auto" or (isinstance(value, dict) and all(_all_auto(v) for v in value.values()))
+
+
+def _owner(path: str) -> str | None:
+    return next((owner for owned, owner in OWNED.items() if path == owned or path.startswith(owned + ".")), None)
+
+
+def _merge(ours: dict[str, Any], theirs: dict[str, Any], prefix: str) -> dict[str, Any]:
+    merged = dict(ours)
+    for k, value in theirs.items():
+        path = f"{prefix}{k}"
+        if isinstance(value, dict) and isinstance(ours.get(k), dict):
+            merged[k] = _merge(ours[k], value, path + ".")
+        elif _all_auto(value):
+            continue  # plm-ray's value (or DeepSpeed's default where plm-ray sets none)
+        elif _owner(path) and (isinstance(value, dict) or ours.get(k) != value):
+            raise ConfigError(
+                f"DeepSpeed key '{path}' = {json.dumps(value)} conflicts with {json.dumps(ours.get(k))}, which plm-ray "
+                f'sets from {_owner(path)}; use "auto" there or change the plm-ray key'
+            )
+        else:
+            merged[k] = value
+    return merged

@@ -20,6 +20,7 @@ from deepspeed.utils.tensor_fragment import fragment_address
 from transformers import PreTrainedModel
 
 from plm_ray.engine.deepspeed_config import EngineSpec, deepspeed_config
+from plm_ray.engine.ops import ensure_cpu_ops
 from plm_ray.hardware import Hardware
 from plm_ray.ports import free_port
 
@@ -43,6 +44,8 @@ def ensure_process_group(hardware: Hardware) -> None:
     # Always a fresh loopback port: a MASTER_PORT inherited from the shell or from the process that
     # started Ray is one port for every concurrent trial, and all but the first fail EADDRINUSE.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    if not hardware.use_gpu:
+        ensure_cpu_ops()  # DeepSpeed's init_distributed builds its CPU op
     deepspeed.init_distributed(dist_backend=hardware.backend, auto_mpi_discovery=False, verbose=False)
 
 
@@ -76,6 +79,8 @@ class Engine:
 
     def __init__(self, module: torch.nn.Module, spec: EngineSpec, hardware: Hardware):
         config = deepspeed_config(spec, hardware)
+        if not hardware.use_gpu:
+            ensure_cpu_ops()  # before DeepSpeed builds its CPU op, where an interrupted build would hang it
         self.zero_stage = spec.zero_stage
         self.autocast = config["torch_autocast"]["enabled"]
         self.precision = hardware.precision

@@ -1,2 +1,2 @@
-"""Stage 5, model: the architecture registry (archs.py), building models (build.py) and the modules
+"""Model: the architecture registry (archs.py), building models (build.py) and the modules
 the engine trains (heads.py). Import from the submodules: this package imports nothing heavy."""

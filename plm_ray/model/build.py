@@ -1,4 +1,4 @@
-"""Stage 5, model: masked-LM and sequence classifiers built with `transformers` from the registry's
+"""Model: masked-LM and sequence classifiers built with `transformers` from the registry's
 configs (archs.py), from an existing checkpoint, or with a random init of a checkpoint's shape."""
 
 from __future__ import annotations

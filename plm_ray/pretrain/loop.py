@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,24 @@ import torch.distributed as dist
 from ray.train import Checkpoint
 
 from plm_ray import hardware as hw
-from plm_ray.config import Config, from_dict, resolve_zero_stage
+from plm_ray.config import Config, from_dict
 from plm_ray.data.masking import MaskingTables, mask_tokens, masked_capacity
+from plm_ray.data.stream import BlockSource, epoch_batches, prefetch
 from plm_ray.data.tokenizer import load_tokenizer
-from plm_ray.engine.deepspeed_config import EngineSpec
 from plm_ray.engine.engine import Engine
-from plm_ray.model.build import build_mlm
+from plm_ray.model.build import build_mlm, max_sequence
 from plm_ray.model.heads import SparseMLM
+from plm_ray.modelcard import pretrain_card
+from plm_ray.monitor import Reporter
 from plm_ray.pretrain import checkpoints
 from plm_ray.pretrain.budget import Budget
+from plm_ray.pretrain.metrics import Evaluator, Meter
+from plm_ray.pretrain.spec import engine_spec
 from plm_ray.store import Store, fetch_dir
+from plm_ray.tracking import Trackers
 
-# Ray Train tees print() in workers to stdout and its log (shown twice); log once instead.
 log = logging.getLogger(__name__)
+PREFETCH_BATCHES = 8  # micro-batches read ahead of the step
 # |loss difference| allowed between the live engine and its reloaded export on one batch: fp32 and
 # bf16-mixed (fp32 weights) reload the very weights; bf16 and fp16 weights are upcast on export.
 EXPORT_TOLERANCE = {"fp32": 1e-4, "bf16-mixed": 1e-3, "bf16": 5e-2, "fp16": 5e-2}
@@ -73,56 +77,12 @@ class Worker:
     engine: Engine
     tables: MaskingTables
     capacity: int | None  # fixed masking slots per micro-batch (GPUs) or None (exact)
+    source: BlockSource  # the tokenized cache's train blocks
     evaluate: Evaluator
     budget: Budget
     attempt: str  # names this attempt's checkpoints
-    writer: Any  # TensorBoard, rank 0 only
-
-
-class Evaluator:
-    """Held-out MLM loss, perplexity and masked-token accuracy on a fixed set of blocks. Masks are
-    drawn from a fixed seed so successive evaluations are comparable; every rank runs the same
-    number of batches (required under ZeRO-3, where forward passes gather across ranks)."""
-
-    def __init__(self, blocks: np.ndarray, rank: int, world: int, batch: int, tables: MaskingTables, cfg: Config):
-        usable = len(blocks) - len(blocks) % world
-        mine = torch.from_numpy(blocks[:usable][rank::world].astype(np.int64)).to(tables.special.device)
-        generator = torch.Generator(device=mine.device).manual_seed(12345 + rank)
-        self.batches = [mask_tokens(chunk, tables, cfg.masking, generator) for chunk in mine.split(batch)]
-
-    def __call__(self, engine: Engine) -> dict[str, float]:
-        totals = torch.zeros(3, dtype=torch.float64, device=engine.device)
-        for batch in self.batches:
-            out = engine.forward(batch)
-            totals += torch.stack([out["loss"].double() * out["count"], out["correct"].double(), out["count"].double()])
-        dist.all_reduce(totals)
-        loss = (totals[0] / totals[2]).item()
-        return {
-            "eval_loss": loss,
-            "eval_perplexity": math.exp(min(loss, 50.0)),
-            "eval_accuracy": (totals[1] / totals[2]).item(),
-        }
-
-
-class Meter:
-    """The training loss and rate over the micro-steps since the last log line, summed on the device
-    (read back only when logged, so the host never waits for the GPU in between)."""
-
-    def __init__(self, device: torch.device, step: int):
-        self.loss_sum = torch.zeros((), device=device)
-        self.micro_steps = 0
-        self.started, self.start_step = time.time(), step
-        self.first_step_unix = 0.0  # this attempt's first optimizer step: start-up ends there
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.loss_sum += loss.detach()
-        self.micro_steps += 1
-
-    def take_loss(self) -> float:
-        loss = (self.loss_sum / self.micro_steps).item()
-        self.loss_sum.zero_()
-        self.micro_steps = 0
-        return loss
+    trackers: Trackers  # TensorBoard, MLflow, W&B: rank 0 only
+    reporter: Reporter  # progress lines to the console and heartbeats (monitor.py)
 
 
 def _agree(value: Any) -> Any:
@@ -136,25 +96,6 @@ def micro_step_seed(run_seed: int, rank: int, micro_step: int) -> int:
     return int(np.random.SeedSequence([run_seed, rank, micro_step]).generate_state(1)[0])
 
 
-def engine_spec(cfg: Config, world: int, total_steps: int, hidden: int) -> EngineSpec:
-    p = cfg.pretrain
-    return EngineSpec(
-        micro_batch=p.batch_size,
-        grad_accum=p.grad_accum,
-        zero_stage=resolve_zero_stage(p.zero_stage, world, p.offload),
-        offload=p.offload,
-        learning_rate=p.learning_rate,
-        weight_decay=p.weight_decay,
-        warmup_steps=p.warmup_steps,
-        total_steps=total_steps,
-        schedule=p.schedule,
-        grad_clip=p.grad_clip,
-        hidden_size=hidden,
-        optimizer=cfg.optimizer,
-        compile=p.compile,
-    )
-
-
 def set_up(loop_config: dict[str, Any]) -> Worker:
     # DeepSpeed's ZeRO collectives call a torch API deprecated in 2.13; once per step is noise.
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
@@ -164,6 +105,8 @@ def set_up(loop_config: dict[str, Any]) -> Worker:
     hardware.apply()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    reporter = Reporter(loop_config["progress"] if rank == 0 else None)
+    reporter.beat("setting up the workers (imports, model, DeepSpeed)")
     store = Store(cfg.store)
     workdir = Path(tempfile.mkdtemp(prefix=f"plm-pretrain-{rank}-"))
     tokenizer = load_tokenizer(store.download_dir(workdir / "tokenizer", run, "tokenizer"))
@@ -172,7 +115,9 @@ def set_up(loop_config: dict[str, Any]) -> Worker:
     model = build_mlm(
         cfg.model, len(tokenizer), cfg.data.block_size, tokenizer.pad_token_id, init_dir, hardware.attention
     )
-    engine = Engine(SparseMLM(model), engine_spec(cfg, world, total_steps, model.config.hidden_size), hardware)
+    tokenizer.model_max_length = max_sequence(model.config)  # what `truncation=True` cuts to, in every export
+    spec = replace(engine_spec(cfg, world, total_steps, model.config.hidden_size), user=loop_config["deepspeed"])
+    engine = Engine(SparseMLM(model), spec, hardware)
     tables = MaskingTables.from_tokenizer(tokenizer).to(engine.device)
     micro_tokens = cfg.pretrain.batch_size * cfg.data.block_size
     return Worker(
@@ -188,10 +133,12 @@ def set_up(loop_config: dict[str, Any]) -> Worker:
         engine=engine,
         tables=tables,
         capacity=masked_capacity(micro_tokens, cfg.masking) if hardware.fixed_shapes else None,
+        source=BlockSource(store, loop_config["cache_key"], "train", waiting=reporter.beat),
         evaluate=Evaluator(loop_config["eval_blocks"], rank, world, cfg.pretrain.batch_size, tables, cfg),
         budget=Budget(cfg.pretrain.budget_minutes, total_steps, engine.device),
         attempt=_agree(time.strftime("%Y%m%d-%H%M%S")),
-        writer=_tensorboard(workdir) if rank == 0 else None,
+        trackers=Trackers(cfg, run, workdir, rank),
+        reporter=reporter,
     )
 
 
@@ -208,7 +155,7 @@ def restore(w: Worker) -> LoopState:
     shutil.rmtree(local, ignore_errors=True)
     state.history.append({"step": state.step, "resumed_from": name})
     if w.rank == 0:
-        log.info(
+        w.reporter.say(
             f"[pretrain] resumed at step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch}) "
             f"from {name}, lr {w.engine.learning_rate:.3e}"
         )
@@ -221,27 +168,39 @@ def _announce(w: Worker) -> None:
     p, e = w.cfg.pretrain, w.engine
     n_params = sum(getattr(t, "ds_numel", t.numel()) for t in w.model.parameters())  # ZeRO-3 shards params
     limit = f" or {p.budget_minutes:g} min, whichever ends first" if p.budget_minutes else ""
-    log.info(
+    w.reporter.say(
         f"[pretrain] {w.world} worker(s), ZeRO-{e.zero_stage}, {e.precision}, "
         f"{n_params / 1e6:.1f}M parameters, {w.total_steps} steps{limit}"
     )
 
 
 def batches(w: Worker, state: LoopState) -> Iterator[torch.Tensor]:
-    """This rank's blocks, epoch after epoch, from where the state stands; int64 on the device."""
-    shard = ray.train.get_dataset_shard("train")
+    """This rank's micro-batches from the tokenized cache, epoch after epoch, from where the state
+    stands; read ahead in a thread, pinned for the copy to a GPU."""
+    d, p = w.cfg.data, w.cfg.pretrain
+    pin = w.engine.device.type == "cuda"
     while True:
-        stream = shard.iter_torch_batches(
-            batch_size=w.cfg.pretrain.batch_size,
-            drop_last=True,
-            local_shuffle_buffer_size=w.cfg.data.shuffle_buffer_blocks or None,
-            local_shuffle_seed=w.cfg.run.seed + state.epoch,
-            prefetch_batches=4,
-            pin_memory=w.engine.device.type == "cuda",  # copied to the GPU by Ray's prefetch threads
+        stream = epoch_batches(
+            w.source,
+            w.rank,
+            w.world,
+            p.batch_size,
+            state.epoch,
+            state.batches_in_epoch,
+            d.shuffle_buffer_blocks,
+            w.cfg.run.seed,
         )
-        for index, batch in enumerate(stream):
-            if index >= state.batches_in_epoch:  # resuming mid-epoch: skip what the checkpoint consumed
-                yield batch["input_ids"].to(w.engine.device, dtype=torch.long, non_blocking=True)
+        tensors = (torch.from_numpy(b).pin_memory() if pin else torch.from_numpy(b) for b in stream)
+        taken = 0
+        for batch in prefetch(tensors, PREFETCH_BATCHES):
+            taken += 1
+            yield batch.to(w.engine.device, non_blocking=True)
+        if taken == 0 and state.batches_in_epoch == 0:
+            n_blocks = w.source.available()
+            raise ValueError(
+                f"corpus too small: {n_blocks} blocks of {d.block_size} tokens give no full step "
+                f"for {w.world} workers x batch {p.batch_size}"
+            )
         state.epoch += 1
         state.batches_in_epoch = 0
 
@@ -259,6 +218,7 @@ def step(w: Worker, state: LoopState, input_ids: torch.Tensor, meter: Meter) -> 
         return False  # inside a gradient-accumulation window
     state.step = w.engine.global_steps
     meter.first_step_unix = meter.first_step_unix or time.time()
+    w.reporter.beat(f"training (step {state.step})")
     return True
 
 
@@ -310,8 +270,8 @@ def checkpoint(w: Worker, state: LoopState, metrics: dict[str, Any]) -> None:
         marker = {"step": state.step, "run": w.run, "config": w.cfg.to_dict()}
         (directory / checkpoints.STATE).write_text(json.dumps(marker))
         w.store.write_json(state.history, w.run, "pretrain", "history.json")
-        if w.writer:
-            w.writer.flush()
+        if w.trackers.tensorboard is not None:
+            w.trackers.flush()
             w.store.upload_dir(w.workdir / "tensorboard", w.run, "pretrain", "tensorboard")
     checkpoints.write_manifest(directory, w.rank, w.world, state.step)
     ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(directory)), checkpoint_dir_name=name)
@@ -335,12 +295,12 @@ def finish(w: Worker, state: LoopState, last: dict[str, Any], meter: Meter) -> N
         "zero_stage": w.engine.zero_stage,
         "attention": w.model.config._attn_implementation,
     }
-    final["export_max_abs_diff"] = _export(w, EXPORT_TOLERANCE[w.engine.precision])
+    final["export_max_abs_diff"] = _export(w, EXPORT_TOLERANCE[w.engine.precision], {**final, "tokens": state.tokens})
     if w.rank == 0:
         w.store.upload_dir(w.workdir / "export", w.run, "pretrain", "export")
-        _log_scalars(w.writer, state.step, evaluation)
+        w.trackers.log(state.step, evaluation)
         export = w.store.uri(w.run, "pretrain", "export")
-        log.info(f"[pretrain] done: eval loss {final['eval_loss']:.4f}, export {export}")
+        w.reporter.say(f"[pretrain] done: eval loss {final['eval_loss']:.4f}, export {export}")
     checkpoint(w, state, final)
 
 
@@ -365,19 +325,20 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if p.checkpoint_every_steps and state.step % p.checkpoint_every_steps == 0:
             checkpoint(w, state, {"step": state.step, **last})
     finish(w, state, last, meter)
+    w.trackers.close()
     shutil.rmtree(w.workdir, ignore_errors=True)
 
 
 def _record(w: Worker, state: LoopState, metrics: dict[str, Any], message: str) -> None:
     state.history.append(metrics)
     if w.rank == 0:
-        log.info("[pretrain] %s", message)
-        _log_scalars(w.writer, metrics["step"], metrics)
+        w.reporter.say(f"[pretrain] {message}")
+        w.trackers.log(metrics["step"], metrics)
 
 
-def _export(w: Worker, tolerance: float) -> float:
-    """Write the consolidated HF model and tokenizer, then reload it with plain transformers and
-    check it reproduces the live engine's loss on one held-out batch."""
+def _export(w: Worker, tolerance: float, final: dict[str, Any]) -> float:
+    """Write the consolidated HF model, its tokenizer and model card, then reload it with plain
+    transformers and check it reproduces the live engine's loss on one held-out batch."""
     batch = w.evaluate.batches[0]
     out_dir = w.workdir / "export"
     live = w.engine.forward(batch)["loss"].item()
@@ -385,6 +346,9 @@ def _export(w: Worker, tolerance: float) -> float:
     if w.rank != 0:
         return 0.0
     w.tokenizer.save_pretrained(str(out_dir))
+    where = w.store.uri(w.run, "pretrain", "export")
+    card = pretrain_card(w.cfg, w.run, final, w.model, w.tokenizer.mask_token, where, w.tokenizer.model_max_length)
+    (out_dir / "README.md").write_text(card)
     from transformers import AutoModelForMaskedLM
 
     attention = w.model.config._attn_implementation  # the same kernels as the live model
@@ -402,19 +366,6 @@ def _node_count(world: int) -> int:
     ids: list[str | None] = [None] * world
     dist.all_gather_object(ids, ray.get_runtime_context().get_node_id())
     return len(set(ids))
-
-
-def _tensorboard(workdir: Path) -> Any:
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(workdir / "tensorboard"))
-
-
-def _log_scalars(writer: Any, step: int, metrics: dict[str, Any]) -> None:
-    if writer is not None:
-        for key, value in metrics.items():
-            if isinstance(value, float):
-                writer.add_scalar(f"pretrain/{key}", value, step)
 
 
 def _fmt_eta(seconds: float) -> str:

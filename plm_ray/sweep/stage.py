@@ -1,173 +1,158 @@
-"""Stage 7, sweep, the driver side: a Ray Tune search over fine-tuning hyperparameters. Each trial
-(trial.py) reports accuracy and macro-F1 every epoch, or `evals_per_epoch` times an epoch (ASHA stops
-weak trials; the best point of a trial is often inside an epoch), with a loadable checkpoint each
-time. An interrupted sweep continues with `Tuner.restore`: finished trials keep their results, the
-rest start again from their first epoch."""
+"""Sweep, the driver side: a Ray Tune search over fine-tuning hyperparameters (search.py).
+Each trial (trial.py) reports accuracy and macro-F1 every epoch, or `evals_per_epoch` times an epoch
+(ASHA stops weak trials; the best point of a trial is often inside an epoch), with a loadable
+checkpoint each time; results.py collects the table and the best model."""
 
 from __future__ import annotations
 
-import csv
-import io
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray import tune
-from ray.tune.experiment import Trial
-from ray.tune.schedulers import ASHAScheduler
 
-from plm_ray.config import Config, ConfigError
+from plm_ray import hardware as hw
+from plm_ray import tracking
+from plm_ray.config import ConfigError
+from plm_ray.config.checks import model_shape
+from plm_ray.context import Context
+from plm_ray.data import embedded
+from plm_ray.data.labeled import read_labeled, store_labeled
+from plm_ray.engine.deepspeed_config import deepspeed_config, read_user_config
 from plm_ray.store import Store
-
-RESULT_FIELDS = [
-    "trial_id",
-    "status",
-    "learning_rate",
-    "batch_size",
-    "epochs_run",
-    "best_epoch",
-    "accuracy",
-    "macro_f1",
-    "checkpoint",
-]
+from plm_ray.sweep.search import check_searcher
+from plm_ray.sweep.spec import engine_spec
 
 
-def _trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
-    """The trainable. Tune unpickles it by reference in the driver too, so it imports the trial
-    (DeepSpeed, the model classes: seconds of imports) only where it runs."""
-    from plm_ray.sweep.trial import finetune_trial
-
-    finetune_trial(hparams, setup)
-
-
-def check_trial_resources(cfg: Config) -> None:
-    """A trial larger than every node stays PENDING forever; refuse it up front."""
-    s = cfg.sweep
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if not any(r.get("CPU", 0) >= s.cpus_per_trial and r.get("GPU", 0) >= s.gpus_per_trial for r in nodes):
-        biggest = max(((r.get("CPU", 0), r.get("GPU", 0)) for r in nodes), default=(0, 0))
-        raise ConfigError(
-            f"sweep trial resources (cpus_per_trial = {s.cpus_per_trial}, gpus_per_trial = "
-            f"{s.gpus_per_trial}) fit no node; the largest has {biggest[0]:g} CPUs, {biggest[1]:g} GPUs"
-        )
+@dataclass
+class SweepInputs:
+    model: str  # checkpoint to fine-tune ("" for a random init of the run's shape)
+    labeled: dict[str, Any] | None  # the task's rows, read and checked (None: the embedded task)
+    deepspeed: dict[str, Any]  # the user's DeepSpeed JSON, read and checked
 
 
-def search_space(cfg: Config) -> tuple[dict[str, Any], int]:
-    s = cfg.sweep
-    lr = tune.grid_search(s.learning_rates) if s.lr_space == "grid" else tune.loguniform(s.lr_min, s.lr_max)
-    return {"learning_rate": lr, "batch_size": tune.grid_search(s.batch_sizes)}, (
-        1 if s.lr_space == "grid" else s.num_samples
-    )
+def checkpoint_location(location: str, store: Store, hint: str = "") -> str:
+    """A checkpoint to fine-tune, checked: a Hugging Face hub name passes through (resolved online
+    by from_pretrained), a path or URI must hold a config.json."""
+    if "://" not in location and not location.startswith(("/", ".", "~")) and not Path(location).exists():
+        return location
+    if not store.exists_at(location):
+        raise ConfigError(f"checkpoint path not found: {location}{hint}")
+    if not store.exists_at(f"{location.rstrip('/')}/config.json"):
+        raise ConfigError(f"not a plm-ray/Hugging Face checkpoint (no config.json): {location}")
+    return location if "://" in location else str(Path(location).expanduser().resolve())
 
 
-def trial_dirname(trial: Trial) -> str:
-    """Ray's default name rounds the rate to 4 decimals, so a 5e-05 trial reads learning_rate=0.0001."""
-    return f"{trial.trial_id}_lr={trial.config['learning_rate']:.3g}_bs={trial.config['batch_size']}"
+class SweepStage:
+    name = "sweep"
 
+    def folder(self, ctx: Context) -> str:
+        return ctx.cfg.sweep.name
 
-def run_sweep(
-    cfg: Config, store: Store, run: str, model: str, random_like: str, labels: dict[str, Any]
-) -> dict[str, Any]:
-    """Run the Tuner; write the results table and the best model into the store."""
-    s = cfg.sweep
-    check_trial_resources(cfg)
-    space, samples = search_space(cfg)
-    setup = {
-        "config": cfg.to_dict(),
-        "run": run,
-        "model": model,
-        "random_like": random_like,
-        "id2label": labels["id2label"],
-    }
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial, setup=setup), {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
-    )
-    experiment = store.path(run, s.name)
-    if tune.Tuner.can_restore(experiment, storage_filesystem=store.fs):
-        print(f"[plm-ray] sweep {s.name} continues: finished trials are kept, the others run again", flush=True)
-        tuner = tune.Tuner.restore(
-            experiment, trainable, restart_errored=True, param_space=space, storage_filesystem=store.fs
-        )
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=tune.TuneConfig(
-                metric="accuracy",
-                mode="max",
-                num_samples=samples,
-                max_concurrent_trials=s.max_concurrent_trials,
-                trial_dirname_creator=trial_dirname,
-                # "epoch", not Tune's iteration count: a trial restarted by a restore counts from 1 again
-                scheduler=ASHAScheduler(time_attr="epoch", max_t=s.epochs, grace_period=s.grace_period),
-            ),
-            run_config=tune.RunConfig(
-                name=s.name,
-                storage_path=store.path(run),
-                storage_filesystem=store.fs,
-                verbose=1,
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=1, checkpoint_score_attribute="accuracy", checkpoint_score_order="max"
-                ),
-            ),
-        )
-    return collect_results(tuner.fit(), store, run, s.name)
+    def done(self, ctx: Context) -> bool:
+        return ctx.store.exists(ctx.run, ctx.cfg.sweep.name, "result.json")
 
-
-def collect_results(grid: tune.ResultGrid, store: Store, run: str, sweep_name: str) -> dict[str, Any]:
-    rows = []
-    for result in grid:
-        row: dict[str, Any] = {
-            "trial_id": Path(result.path).name,
-            "status": "ERROR" if result.error else "OK",
-            "learning_rate": result.config["learning_rate"],
-            "batch_size": result.config["batch_size"],
-        }
-        history = result.metrics_dataframe
-        if history is not None and len(history):
-            # a trial restarted by a restore reports its epochs again: keep each epoch's last report
-            history = history.drop_duplicates("epoch", keep="last").sort_values("epoch")
-            row.update(
-                history=[
-                    {k: float(e[k]) for k in ("epoch", "accuracy", "macro_f1", "train_loss", "examples_per_second")}
-                    for _, e in history.iterrows()
-                ],
-                epochs_run=float(history["epoch"].max()),  # fractional with sweep.evals_per_epoch > 1
+    def check(self, ctx: Context) -> SweepInputs:
+        """The labeled rows, the checkpoint to fine-tune and the user's DeepSpeed JSON, each read and
+        checked once."""
+        s, store = ctx.cfg.sweep, ctx.store
+        labeled = None if s.task == "embedded" else read_labeled(s, store, s.task, s.validation)
+        model = s.model
+        if s.model not in ("", "random"):
+            model = checkpoint_location(s.model, store)
+        elif s.model == "" and "pretrain" not in ctx.stages:
+            hint = "; run pretrain first or set sweep.model"
+            model = checkpoint_location(store.uri(ctx.run, "pretrain", "export"), store, hint)
+        needs_tokenizer = s.model == "random" and "prepare" not in ctx.stages and not ctx.cfg.tokenizer.path
+        if needs_tokenizer and not store.exists(ctx.run, "tokenizer"):
+            raise ConfigError(
+                "config key 'sweep.model' = 'random': needs the run's tokenizer (run pretrain first) or tokenizer.path"
             )
-            # the row describes the checkpoint Tune kept (num_to_keep=1: the best point; of equal
-            # scores the newest), so its figures are those of the model a user gets
-            if result.best_checkpoints:
-                checkpoint, best = max(result.best_checkpoints, key=lambda kept: kept[1]["accuracy"])
-                row.update(
-                    best_epoch=float(best["epoch"]),
-                    accuracy=float(best["accuracy"]),
-                    macro_f1=float(best["macro_f1"]),
-                    checkpoint=store.location_of(checkpoint.path),
-                )
-        rows.append(row)
-    finished = [r for r in rows if r.get("checkpoint")]
-    if not finished:
-        errors = "; ".join(str(r.error).splitlines()[-1] for r in grid if r.error)
-        raise RuntimeError(f"no sweep trial finished an epoch: {errors}")
-    best = max(finished, key=lambda r: r["accuracy"])
-    best_path = store.fs_path_of(best["checkpoint"])
-    best_uri = store.copy_within(best_path, run, sweep_name, "best_model")
-    rows.sort(key=lambda r: r["learning_rate"])
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=RESULT_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    store.write_bytes(table.getvalue().encode(), run, sweep_name, "results.csv")
-    out = {
-        "trials": rows,
-        "best": {
-            "learning_rate": best["learning_rate"],
-            "batch_size": best["batch_size"],
-            "accuracy": best["accuracy"],
-            "macro_f1": best["macro_f1"],
-            "checkpoint": best_uri,
-            "trial_checkpoint": best["checkpoint"],
-        },
-    }
-    store.write_json(out, run, sweep_name, "results.json")
-    return out
+        check_searcher(ctx.cfg)
+        return SweepInputs("" if model == "random" else model, labeled, self._deepspeed(ctx))
+
+    def _deepspeed(self, ctx: Context) -> dict[str, Any]:
+        """The user's DeepSpeed JSON, checked against a trial's spec (the space's first values)."""
+        s = ctx.cfg.sweep
+        if not s.deepspeed:
+            return {}
+        user = read_user_config(s.deepspeed, "sweep.deepspeed")
+        first = {
+            "learning_rate": s.learning_rates[0],
+            "batch_size": s.batch_sizes[0],
+            "warmup_ratio": s.warmup_ratios[0],
+        }
+        hparams = {**first, "weight_decay": s.weight_decays[0], "epochs": s.epochs[0]}
+        spec = engine_spec(ctx.cfg, hparams, 1000, model_shape(ctx.cfg)[1], user)
+        deepspeed_config(spec, hw.expected(s.gpus_per_trial > 0, s.precision))
+        return user
+
+    def check_cluster(self, ctx: Context, checked: Any) -> None:
+        """A trial larger than every node stays PENDING forever; refuse it up front."""
+        s = ctx.cfg.sweep
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        if not any(r.get("CPU", 0) >= s.cpus_per_trial and r.get("GPU", 0) >= s.gpus_per_trial for r in nodes):
+            biggest = max(((r.get("CPU", 0), r.get("GPU", 0)) for r in nodes), default=(0, 0))
+            raise ConfigError(
+                f"sweep trial resources (cpus_per_trial = {s.cpus_per_trial}, gpus_per_trial = "
+                f"{s.gpus_per_trial}) fit no node; the largest has {biggest[0]:g} CPUs, {biggest[1]:g} GPUs"
+            )
+
+    def run(self, ctx: Context, checked: SweepInputs) -> dict[str, Any]:
+        from plm_ray.sweep.results import collect_results
+        from plm_ray.sweep.search import TrialLines, tuner
+
+        s, store, run = ctx.cfg.sweep, ctx.store, ctx.run
+        model = checked.model or (store.uri(run, "pretrain", "export") if s.model == "" else "")
+        random_like = "" if model else self._random_init_shape(ctx)
+        labels = store_labeled(checked.labeled or self._embedded_task(ctx), store, run, s.name)
+        rows = f"{labels['train_rows']:,} train / {labels['validation_rows']:,} validation rows"
+        print(
+            f"[plm-ray] sweep {s.name}: {rows}, {labels['num_labels']} classes, model {model or 'random init'}",
+            flush=True,
+        )
+        started = time.time()
+        setup = {"config": ctx.cfg.to_dict(), "run": run, "model": model, "random_like": random_like}
+        setup.update(id2label=labels["id2label"], deepspeed=checked.deepspeed)
+        callbacks = [TrialLines(s.metric, ctx.progress), *tracking.tune_callbacks(ctx.cfg, run)]
+        grid = tuner(ctx.cfg, store, run, setup, callbacks, verbose=ctx.verbose).fit()
+        result = collect_results(grid, ctx.cfg, store, run)
+        result.update(model=model or "random", labels=labels, wall_seconds=time.time() - started)
+        self._card(ctx, result)
+        return result
+
+    def _card(self, ctx: Context, result: dict[str, Any]) -> None:
+        """The best model's README.md: the task, the sweep's table, the base it was fine-tuned from."""
+        from plm_ray.modelcard import classifier_card
+
+        store, run, s = ctx.store, ctx.run, ctx.cfg.sweep
+        pretrain = (
+            store.read_json(run, "pretrain", "result.json") if store.exists(run, "pretrain", "result.json") else None
+        )
+        positions = store.read_json(run, s.name, "best_model", "tokenizer_config.json")["model_max_length"]
+        where = store.uri(run, s.name, "best_model")
+        card = classifier_card(ctx.cfg, run, result, pretrain, where, positions)
+        store.write_bytes(card.encode(), run, s.name, "best_model", "README.md")
+
+    def _embedded_task(self, ctx: Context) -> dict[str, Any]:
+        s = ctx.cfg.sweep
+        where = embedded.locations(ctx.store, ctx.cfg.run.seed)
+        return read_labeled(s, ctx.store, where["train"], s.validation or where["dev"])
+
+    def _random_init_shape(self, ctx: Context) -> str:
+        """A random init needs the run's tokenizer and the model's shape: stored in the sweep's folder."""
+        from plm_ray.data.tokenizer import load_tokenizer
+        from plm_ray.model.build import build_config
+
+        cfg, store, run = ctx.cfg, ctx.store, ctx.run
+        with tempfile.TemporaryDirectory() as tmp:
+            if store.exists(run, "tokenizer"):
+                tokenizer = load_tokenizer(store.download_dir(Path(tmp) / "tokenizer", run, "tokenizer"))
+            else:
+                tokenizer = load_tokenizer(cfg.tokenizer.path)  # the check made sure there is one
+            shape = build_config(cfg.model, len(tokenizer), cfg.data.block_size, tokenizer.pad_token_id)
+            shape.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            return store.upload_dir(tmp, run, cfg.sweep.name, "random_init")

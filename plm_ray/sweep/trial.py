@@ -1,6 +1,7 @@
-"""One Ray Tune trial: fine-tune sequence classification through the same engine layer as
-pre-training; evaluate, checkpoint a loadable Hugging Face model and report `evals_per_epoch`
-times an epoch. A trial is seeded, so a restart repeats it exactly."""
+"""One Ray Tune trial: fine-tune sequence classification (single texts or sentence pairs) through the
+same engine layer as pre-training; evaluate, checkpoint a loadable Hugging Face model and report
+`evals_per_epoch` times an epoch. A trial is seeded, so a restart repeats it exactly; one handed a
+checkpoint (PBT copying a better trial's weights, or Tune restoring it) continues from there."""
 
 from __future__ import annotations
 
@@ -14,33 +15,36 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import transformers
 from ray import tune
 
 from plm_ray import hardware as hw
 from plm_ray.config import Config, from_dict
-from plm_ray.data.labeled import load_split
+from plm_ray.data.labeled import Rows, load_split
 from plm_ray.data.tokenizer import load_tokenizer
-from plm_ray.engine.deepspeed_config import EngineSpec
 from plm_ray.engine.engine import Engine, ensure_process_group
-from plm_ray.model.build import build_classifier
+from plm_ray.model.build import build_classifier, max_sequence
 from plm_ray.model.heads import Classifier
 from plm_ray.store import Store, fetch_dir
+from plm_ray.sweep.spec import engine_spec
+
+CHECKPOINT_STATE = "plm_ray.json"  # in each reported checkpoint: the epoch point and the hyperparameters
 
 
 @dataclass
 class Trial:
     cfg: Config
+    hparams: dict[str, Any]  # learning_rate, batch_size, warmup_ratio, weight_decay, epochs
     workdir: Path
     tokenizer: Any
     model: Any
     engine: Engine
     id2label: dict[int, str]
-    learning_rate: float
-    batch_size: int
     ids: list[list[int]]  # the training rows, tokenized
     labels: np.ndarray
     valid: list[dict[str, torch.Tensor]]  # validation batches on the device
+    start: float  # the epoch point the trial continues from (0: a fresh start)
 
 
 def macro_f1(pred: np.ndarray, gold: np.ndarray, num_labels: int) -> float:
@@ -86,17 +90,34 @@ def padded_batches(
     return out
 
 
-def _model(cfg: Config, setup: dict[str, Any], store: Store, workdir: Path, attention: str | None) -> tuple[Any, Any]:
-    """(tokenizer, classifier): from the checkpoint to fine-tune, or a random init of its shape."""
-    model_dir = fetch_dir(setup["model"], store, workdir / "model") if setup["model"] else None
-    tokenizer = load_tokenizer(model_dir or store.download_dir(workdir / "tokenizer", setup["run"], "tokenizer"))
-    random_like = None
-    if model_dir is None:
+def encode(tokenizer: Any, rows: Rows, max_length: int) -> list[list[int]]:
+    """Token ids of single texts, or of sentence pairs ([CLS] a [SEP] b [SEP]), truncated."""
+    return tokenizer(rows.texts, rows.pairs, truncation=True, max_length=max_length)["input_ids"]
+
+
+def _model(
+    cfg: Config, setup: dict[str, Any], store: Store, workdir: Path, attention: str | None
+) -> tuple[Any, Any, float]:
+    """(tokenizer, classifier, epoch point): from Tune's checkpoint for this trial if it was handed
+    one, else from the checkpoint to fine-tune, else a random init of the shape (and with the
+    tokenizer) the sweep stored for it."""
+    id2label = {int(k): v for k, v in setup["id2label"].items()}
+    handed = tune.get_checkpoint()
+    random_like, start = None, 0.0
+    if handed is not None:
+        model_dir = Path(handed.to_directory(str(workdir / "handed")))
+        start = json.loads((model_dir / CHECKPOINT_STATE).read_text())["epoch"]
+    elif setup["model"]:
+        model_dir = fetch_dir(setup["model"], store, workdir / "model")
+    else:
+        model_dir = None
         shape_dir = fetch_dir(setup["random_like"], store, workdir / "shape")
         random_like = transformers.AutoConfig.from_pretrained(str(shape_dir))
-    id2label = {int(k): v for k, v in setup["id2label"].items()}
+    tokenizer = load_tokenizer(model_dir or shape_dir)
     torch.manual_seed(cfg.run.seed)  # the new head (or the whole random init) is the same in every attempt
-    return tokenizer, build_classifier(model_dir, len(id2label), id2label, random_like, cfg.sweep.dropout, attention)
+    model = build_classifier(model_dir, len(id2label), id2label, random_like, cfg.sweep.dropout, attention)
+    tokenizer.model_max_length = max_sequence(model.config)  # what `truncation=True` cuts to, in every export
+    return tokenizer, model, start
 
 
 def set_up(hparams: dict[str, Any], setup: dict[str, Any]) -> Trial:
@@ -106,43 +127,35 @@ def set_up(hparams: dict[str, Any], setup: dict[str, Any]) -> Trial:
     hardware = hw.trial(cfg)
     hardware.apply()
     workdir = Path(tempfile.mkdtemp(prefix="plm-trial-"))
-    tokenizer, model = _model(cfg, setup, store, workdir, hardware.attention)
-    (texts, labels), (v_texts, v_labels) = (load_split(store, run, s.name, split) for split in ("train", "validation"))
-    encode = lambda xs: tokenizer(xs, truncation=True, max_length=s.max_length)["input_ids"]  # noqa: E731
-    ids, v_ids = encode(texts), encode(v_texts)
+    tokenizer, model, start = _model(cfg, setup, store, workdir, hardware.attention)
+    train, valid = load_split(store, run, s.name, "train"), load_split(store, run, s.name, "validation")
+    length = min(s.max_length, tokenizer.model_max_length)  # never past the model's positions
+    ids, v_ids = encode(tokenizer, train, length), encode(tokenizer, valid, length)
     ensure_process_group(hardware)
-    batch_size, lr = int(hparams["batch_size"]), float(hparams["learning_rate"])
-    steps = s.epochs * -(-len(ids) // batch_size)
-    spec = EngineSpec(
-        micro_batch=batch_size,
-        grad_accum=1,
-        zero_stage=s.zero_stage,
-        offload=False,
-        learning_rate=lr,
-        weight_decay=s.weight_decay,
-        warmup_steps=int(s.warmup_ratio * steps),
-        total_steps=steps,
-        schedule="linear",
-        grad_clip=1.0,
-        hidden_size=model.config.hidden_size,
-        optimizer=cfg.optimizer,
-    )
+    steps = int(hparams["epochs"]) * -(-len(ids) // int(hparams["batch_size"]))
+    spec = engine_spec(cfg, hparams, steps, model.config.hidden_size, setup["deepspeed"])
     engine = Engine(Classifier(model), spec, hardware)
     by_length = np.argsort([len(x) for x in v_ids])
     valid_order = [by_length[i : i + 128] for i in range(0, len(by_length), 128)]
-    valid = padded_batches(v_ids, v_labels, tokenizer.pad_token_id, engine.device, valid_order)
+    valid_batches = padded_batches(v_ids, valid.labels, tokenizer.pad_token_id, engine.device, valid_order)
     id2label = {int(k): v for k, v in setup["id2label"].items()}
-    return Trial(cfg, workdir, tokenizer, model, engine, id2label, lr, batch_size, ids, labels, valid)
+    return Trial(cfg, hparams, workdir, tokenizer, model, engine, id2label, ids, train.labels, valid_batches, start)
 
 
 def evaluate(t: Trial) -> dict[str, float]:
-    """Accuracy and macro-F1 on the validation rows."""
-    preds, gold = [], []
+    """Accuracy, macro-F1 and loss on the validation rows."""
+    preds, gold, loss = [], [], 0.0
     for b in t.valid:
-        preds.append(t.engine.forward(b)["logits"].argmax(-1).cpu())
+        logits = t.engine.forward(b)["logits"]
+        loss += F.cross_entropy(logits.float(), b["labels"], reduction="sum").item()
+        preds.append(logits.argmax(-1).cpu())
         gold.append(b["labels"].cpu())
     pred, true = torch.cat(preds).numpy(), torch.cat(gold).numpy()
-    return {"accuracy": float((pred == true).mean()), "macro_f1": macro_f1(pred, true, len(t.id2label))}
+    return {
+        "accuracy": float((pred == true).mean()),
+        "macro_f1": macro_f1(pred, true, len(t.id2label)),
+        "loss": loss / len(true),
+    }
 
 
 def report(t: Trial, epoch: float, training: dict[str, float]) -> None:
@@ -150,8 +163,8 @@ def report(t: Trial, epoch: float, training: dict[str, float]) -> None:
     ckpt = t.workdir / f"epoch-{epoch:g}"
     t.engine.export(t.model, ckpt, write=True)
     t.tokenizer.save_pretrained(str(ckpt))
-    (ckpt / "plm_ray.json").write_text(json.dumps({"epoch": epoch, "learning_rate": t.learning_rate}))
-    metrics = {"epoch": epoch, **evaluate(t), **training, "learning_rate": t.learning_rate, "batch_size": t.batch_size}
+    (ckpt / CHECKPOINT_STATE).write_text(json.dumps({"epoch": epoch, **t.hparams}))
+    metrics = {"epoch": epoch, **evaluate(t), **training, **t.hparams}
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt)))
     shutil.rmtree(ckpt, ignore_errors=True)
 
@@ -168,16 +181,19 @@ def train_part(t: Trial, batches: list[dict[str, torch.Tensor]]) -> dict[str, fl
 
 def finetune_trial(hparams: dict[str, Any], setup: dict[str, Any]) -> None:
     """The trainable Tune runs: evaluation points cut each epoch into equal parts, and `epoch`
-    counts in fractions between them."""
+    counts in fractions between them; a trial handed a checkpoint skips the points it has passed."""
     t = set_up(hparams, setup)
     s = t.cfg.sweep
     rng = np.random.default_rng(t.cfg.run.seed)
     lengths = [len(x) for x in t.ids]
-    for epoch in range(s.epochs):
-        order = batch_order(lengths, t.batch_size, rng)
+    for epoch in range(int(t.hparams["epochs"])):
+        order = batch_order(lengths, int(t.hparams["batch_size"]), rng)  # drawn every epoch: a restart repeats them
+        points = [round(epoch + (part + 1) / s.evals_per_epoch, 4) for part in range(s.evals_per_epoch)]
+        if points[-1] <= t.start:
+            continue
         batches = padded_batches(t.ids, t.labels, t.tokenizer.pad_token_id, t.engine.device, order)
         cuts = np.linspace(0, len(batches), s.evals_per_epoch + 1).round().astype(int)
-        for part in range(s.evals_per_epoch):
-            training = train_part(t, batches[cuts[part] : cuts[part + 1]])
-            report(t, round(epoch + (part + 1) / s.evals_per_epoch, 4), training)
+        for part, point in enumerate(points):
+            if point > t.start:
+                report(t, point, train_part(t, batches[cuts[part] : cuts[part + 1]]))
     shutil.rmtree(t.workdir, ignore_errors=True)
