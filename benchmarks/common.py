@@ -70,6 +70,7 @@ class TreeMonitor:
 
     def __init__(self, pid: int, memory: bool, interval: float = 1.0):
         self.root, self.memory, self.interval, self.peak = psutil.Process(pid), memory, interval, 0
+        self.root_peak = 0  # of the root process alone (a command's driver)
         self.cpu: dict[int, tuple[str, float]] = {}
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
@@ -87,7 +88,10 @@ class TreeMonitor:
                     times = proc.cpu_times()
                     name = proc.cmdline()[0].rsplit("/", 1)[-1] if proc.pid != self.root.pid else "command (driver)"
                     self.cpu[proc.pid] = (name, times.user + times.system)
-                    total += proc.memory_full_info().pss if self.memory else 0
+                    pss = proc.memory_full_info().pss if self.memory else 0
+                    total += pss
+                    if proc.pid == self.root.pid:
+                        self.root_peak = max(self.root_peak, pss)
                 except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
                     pass
             self.peak = max(self.peak, total)

@@ -80,7 +80,8 @@ def main() -> None:
         raise SystemExit(f"SST-2 not found: {train}, {dev} (pass --sst2 DIR with train.tsv and dev.tsv)")
     store = Store(StoreSection(root=args.store))
     data = read_labeled(SweepSection(), store, str(train), str(dev))
-    (texts, labels), (v_texts, v_labels) = data["train"], data["validation"]
+    texts, labels = data["train"].texts, data["train"].labels
+    v_texts, v_labels = data["validation"].texts, data["validation"].labels
     baseline = tfidf_baseline(texts, labels, v_texts, v_labels)
     sweeps = [s for run in args.run for s in sweeps_of(store, run)]
 

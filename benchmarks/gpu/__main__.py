@@ -29,7 +29,7 @@ from benchmarks.common import ROOT, table, useful_flops_per_token
 from benchmarks.gpu import commands, finetune, recipes
 from benchmarks.gpu.monitor import GpuMonitor, bf16_peak_flops
 from plm_ray.config import PRESETS, TokenizerSection, load_config
-from plm_ray.data.packing import Packer, tokenize_batch
+from plm_ray.data.packing import pack_documents
 from plm_ray.data.tokenizer import train_wordpiece
 
 VOCAB, SEQ = 32768, 128
@@ -52,12 +52,9 @@ def repeated_corpus(lines: list[str], folder: Path, copies: int) -> Path:
 
 def packed(tokenizer: Any, lines: list[str], n_blocks: int) -> np.ndarray:
     """plm-ray's own tokenize + pack, without Ray: `n_blocks` [CLS] ... blocks of SEQ tokens."""
-    packer, json_tok, out = Packer(SEQ, tokenizer.cls_token_id), tokenizer.backend_tokenizer.to_str(), []
-    for start in range(0, len(lines), 2048):
-        tokens = tokenize_batch(
-            {"text": np.array(lines[start : start + 2048])}, json_tok, tokenizer.sep_token_id, "train", 1e-9
-        )
-        out.append(packer({"tokens": tokens["tokens"]})["input_ids"])
+    special, json_tok, out = (tokenizer.cls_token_id, tokenizer.sep_token_id), tokenizer.backend_tokenizer.to_str(), []
+    for start in range(0, len(lines), 20_000):  # only as many lines as the blocks need
+        out.append(pack_documents(lines[start : start + 20_000], json_tok, special, SEQ, 0.0, 2048)["train"][0])
         if sum(len(b) for b in out) >= n_blocks:
             break
     return np.concatenate(out)[:n_blocks]
@@ -147,7 +144,7 @@ def main() -> None:
         sweep_sets = [
             f"sweep.task={sst2 / 'train.tsv'}",
             f"sweep.validation={sst2 / 'dev.tsv'}",
-            "sweep.lr_space=grid",
+            "sweep.search=grid",
             "sweep.learning_rates=[1e-5, 2e-5, 3e-5, 5e-5]",
             f"sweep.gpus_per_trial={1 / SWEEP_TRIALS}",
             f"sweep.max_concurrent_trials={SWEEP_TRIALS}",

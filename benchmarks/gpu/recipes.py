@@ -29,7 +29,7 @@ from plm_ray.data.masking import MaskingTables, mask_tokens, masked_capacity
 from plm_ray.engine.engine import Engine, ensure_process_group
 from plm_ray.model.build import build_config
 from plm_ray.model.heads import SparseMLM
-from plm_ray.pretrain.loop import engine_spec
+from plm_ray.pretrain.spec import engine_spec
 
 BATCH, SEQ, WARMUP, TIMED = 256, 128, 15, 40
 
