@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     args = parser.parse_args(argv)
     base = dict(s.split("=", 1) for s in args.sets) | {"run.name": args.run}
     tasks = dict(_task(t) for t in args.tasks)
-    # every configuration is checked before anything runs: a typo in the last task costs nothing
+    # every task's keys and values are checked before anything runs: a typo in the last one costs nothing
     model = {"sweep.model": args.model}
     configs = {name: api.load_config(args.config, base | model | keys) for name, keys in tasks.items()}
     if not args.model:

@@ -10,6 +10,7 @@ run.exit_on_stall), 1 any other failure.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import shutil
 import sys
@@ -175,7 +176,7 @@ def _config(args: argparse.Namespace) -> None:
 
 
 def _stage_command(args: argparse.Namespace) -> int:
-    from plm_ray.monitor import Stalled
+    from plm_ray import monitor
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
@@ -185,18 +186,21 @@ def _stage_command(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         log_file = Path(tmp) / "driver.log"
         handlers = _logging(args.verbose, log_file)
+        keep = functools.partial(_keep_logs, cfg, log_file)  # also when a stall ends the process
+        monitor.LAST_WORDS.append(keep)
         done = False
         try:
             execute(args.command, cfg, args.resume, args.overwrite, args.verbose)
             done = True
-        except Stalled as exc:
+        except monitor.Stalled as exc:
             print(f"plm-ray: stalled: {exc}", file=sys.stderr)
             return 3
         finally:
+            monitor.LAST_WORDS.remove(keep)
             for handler in handlers:
                 logging.getLogger().removeHandler(handler)
                 handler.close()
-            logs = _keep_logs(cfg, log_file)
+            logs = keep()
             if logs and not done:  # the summary names them when the command completes
                 print(f"logs: {logs}", file=sys.stderr)
     return 0

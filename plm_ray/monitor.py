@@ -5,12 +5,17 @@ actor; a thread of the driver prints the lines as they come (Ray's own forwardin
 off unless --verbose, so the console is plm-ray's progress and nothing else) and watches the
 heartbeats. When no step, trial report or data progress has come for `run.stall_minutes`, it says
 what the command is waiting for (resources, the tokenized cache, a collective or the first step) and,
-with `run.exit_on_stall`, stops the command (exit code 3).
+with `run.exit_on_stall`, stops the command: it interrupts it as Ctrl-C does (the caller gets
+`Stalled`, the CLI exits with code 3), and if the stage does not let go within GRACE_SECONDS it ends
+the process with exit code 3 (Ray Train's own Ctrl-C handler waits on its controller, which may
+itself be waiting for the resources that never come).
 """
 
 from __future__ import annotations
 
 import _thread
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +24,10 @@ from typing import Any
 import ray
 
 from plm_ray.config import Config
+
+GRACE_SECONDS = 30.0  # what a stalled command's stages get to stop after the interrupt
+# What must still happen when a stall ends the process (the CLI keeps its logs in the run).
+LAST_WORDS: list[Callable[[], None]] = []
 
 
 class Stalled(RuntimeError):
@@ -119,11 +128,21 @@ class Monitor:
             self.stalled = self.diagnose(doing, quiet)
             print(f"[plm-ray] {self.stalled}", flush=True)
             if self.exit:
-                # as Ctrl-C: Ray Train and Tune stop their runs cleanly on SIGINT; the stage then
-                # ends (or raises) and pipeline.execute raises Stalled in its place
-                self.halted = True
-                _thread.interrupt_main()
+                self._halt()
                 return
+
+    def _halt(self) -> None:
+        """Interrupt the command as Ctrl-C does (Ray Train and Tune stop their runs on SIGINT;
+        pipeline.execute then raises Stalled); end the process if that does not end it in time."""
+        self.halted = True
+        _thread.interrupt_main()
+        if self._stop.wait(GRACE_SECONDS):
+            return
+        print(f"plm-ray: stalled: {self.stalled}", file=sys.stderr, flush=True)
+        for last in LAST_WORDS:
+            last()
+        sys.stdout.flush()
+        os._exit(3)
 
     def diagnose(self, doing: str, quiet: float) -> str:
         waits = _pending_resources() or self.extra()

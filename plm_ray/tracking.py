@@ -7,6 +7,7 @@ WANDB_MODE=offline. Each run of plm-ray is one MLflow experiment and one W&B gro
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,14 @@ def resolve(cfg: Config) -> None:
     uri = cfg.tracking.mlflow_uri
     if uri and "://" not in uri:
         cfg.tracking.mlflow_uri = Path(uri).expanduser().resolve().as_uri()
+    _allow_file_store(cfg.tracking.mlflow_uri)
+
+
+def _allow_file_store(uri: str) -> None:
+    """MLflow 3 refuses its folder store (in maintenance) unless opted in; a folder is what a user
+    who names one asks for. In the driver (Tune's callback) and in the pre-training worker."""
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
 class Trackers:
@@ -34,6 +43,7 @@ class Trackers:
         if t.mlflow_uri:
             from ray.air.integrations.mlflow import setup_mlflow
 
+            _allow_file_store(t.mlflow_uri)
             self.mlflow = setup_mlflow(
                 config=_flat(cfg.to_dict()),
                 tracking_uri=t.mlflow_uri,

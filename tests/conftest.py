@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import tempfile
@@ -13,7 +14,8 @@ import pytest
 import ray
 import torch.distributed as dist
 
-from plm_ray.config import Config, load_config
+from plm_ray.config import Config, OptimizerSection, load_config
+from plm_ray.engine.deepspeed_config import EngineSpec
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Credentials for the loopback S3 server only (tests never reach a real endpoint). Set before the
@@ -70,6 +72,25 @@ def one_rank_group() -> Iterator[None]:
         assert dist.get_world_size() == 1 and os.environ["MASTER_PORT"] != str(taken.getsockname()[1])
         yield
         dist.destroy_process_group()
+
+
+def engine_spec(**changes: object) -> EngineSpec:
+    """An engine spec for tests that build engines directly: one micro-batch a step, AdamW's defaults."""
+    spec = EngineSpec(
+        micro_batch=32,
+        grad_accum=1,
+        zero_stage=2,
+        offload=False,
+        learning_rate=1e-4,
+        weight_decay=0.01,
+        warmup_steps=10,
+        total_steps=100,
+        schedule="linear",
+        grad_clip=1.0,
+        hidden_size=256,
+        optimizer=OptimizerSection(),
+    )
+    return dataclasses.replace(spec, **changes)
 
 
 def small_config(store: Path | None, run: str, *extra: str) -> Config:

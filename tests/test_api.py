@@ -27,8 +27,9 @@ def test_load_config_takes_overrides_as_values_and_refuses_bad_ones():
 @pytest.mark.usefixtures("ray_cluster")
 def test_the_example_script_pretrains_once_and_sweeps_each_task(tmp_path: Path):
     single, pairs = tmp_path / "single.tsv", tmp_path / "pairs.tsv"
-    single.write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(LABELED_TEXTS * 12)))
-    rows = "".join(f"{t}\t{t} again\t{i % 2}\n" for i, t in enumerate(LABELED_TEXTS * 12))
+    texts = [f"{t} {i}" for i, t in enumerate(LABELED_TEXTS * 12)]  # distinct: some land in the held-out split
+    single.write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(texts)))
+    rows = "".join(f"{t}\t{t} again\t{i % 2}\n" for i, t in enumerate(texts))
     pairs.write_text("sentence\tsecond\tlabel\n" + rows)
     spec = importlib.util.spec_from_file_location("sweep_many", REPO / "pipelines" / "sweep_many.py")
     script = importlib.util.module_from_spec(spec)

@@ -101,7 +101,9 @@ def test_every_export_has_a_model_card(tracked: dict[str, Any]):
         assert fact in card, fact
     best = tracked["summary"]["sweep"]["best"]
     card = (tracked["run"] / "sweep" / "best_model" / "README.md").read_text()
-    for fact in ("text-classification", f"{best['accuracy']:.4f}", "learning_rate", str(tracked["run"] / "pretrain")):
+    base = str(tracked["run"] / "pretrain" / "export")
+    facts = ("text-classification", f"accuracy {best['accuracy']:.2%}", "| learning rate |", base, "## How to load")
+    for fact in facts:
         assert fact in card, fact
 
 
@@ -123,7 +125,8 @@ def pair_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = ["first\tsecond\tlabel"]
     for i, text in enumerate(LABELED_TEXTS * 16):
         same = i % 2 == 0
-        rows.append(f"{text}\t{text if same else LABELED_TEXTS[(i + 1) % len(LABELED_TEXTS)]} indeed\t{int(same)}")
+        second = text if same else LABELED_TEXTS[(i + 1) % len(LABELED_TEXTS)]
+        rows.append(f"{text} {i}\t{second} {i}\t{int(same)}")  # distinct rows: some are held out
     path = tmp_path_factory.mktemp("pairs") / "pairs.tsv"
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -131,12 +134,17 @@ def pair_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(
     "search, scheduler, metric",
-    [("random", "asha", "macro_f1"), ("optuna", "none", "loss"), ("hyperopt", "pbt", "accuracy")],
+    [
+        ("random", "asha", "macro_f1"),
+        ("optuna", "none", "loss"),
+        ("hyperopt", "asha", "accuracy"),
+        ("random", "pbt", "loss"),
+    ],
 )
 def test_searchers_and_schedulers_on_a_pair_task(
     tracked: dict[str, Any], pair_task: Path, search: str, scheduler: str, metric: str
 ):
-    name = f"search-{search}"
+    name = f"search-{search}-{scheduler}"
     sets = [
         f"sweep.name={name}",
         f"sweep.search={search}",

@@ -9,23 +9,12 @@ import pytest
 import torch
 
 from plm_ray.config import ConfigError, OptimizerSection
-from plm_ray.engine.deepspeed_config import EngineSpec, deepspeed_config
+from plm_ray.engine.deepspeed_config import deepspeed_config
 from plm_ray.hardware import GLOO_MIN_BUCKET, NCCL_BUCKET, Hardware
 
-SPEC = EngineSpec(
-    micro_batch=32,
-    grad_accum=1,
-    zero_stage=2,
-    offload=False,
-    learning_rate=1e-4,
-    weight_decay=0.01,
-    warmup_steps=10,
-    total_steps=100,
-    schedule="linear",
-    grad_clip=1.0,
-    hidden_size=256,
-    optimizer=OptimizerSection(),
-)
+from .conftest import engine_spec
+
+SPEC = engine_spec()
 CPU, GPU = Hardware(False, "fp32", "eager", 2), Hardware(True, "bf16", None, 0)
 
 

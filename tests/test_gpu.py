@@ -12,31 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from plm_ray.config import MaskingSection, ModelSection, OptimizerSection
+from plm_ray.config import MaskingSection, ModelSection
 from plm_ray.data.masking import IGNORE, MaskingTables, mask_tokens, masked_capacity
-from plm_ray.engine.deepspeed_config import EngineSpec
 from plm_ray.hardware import Hardware
 from plm_ray.model.build import build_mlm
 from plm_ray.model.heads import SparseMLM
+
+from .conftest import engine_spec
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make bench-gpu runs these there)"),
 ]
 VOCAB, SEQ, BATCH = 1000, 64, 16
-SPEC = EngineSpec(
-    micro_batch=BATCH,
-    grad_accum=1,
-    zero_stage=0,
-    offload=False,
-    learning_rate=3e-3,
-    weight_decay=0.01,
-    warmup_steps=2,
-    total_steps=60,
-    schedule="linear",
-    grad_clip=1.0,
-    hidden_size=128,
-    optimizer=OptimizerSection(),
+SPEC = engine_spec(
+    micro_batch=BATCH, zero_stage=0, learning_rate=3e-3, warmup_steps=2, total_steps=60, hidden_size=128
 )
 
 

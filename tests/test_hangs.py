@@ -14,9 +14,8 @@ import pytest
 import ray
 
 from plm_ray import pipeline
-from plm_ray.monitor import Stalled
 
-from .conftest import small_config
+from .conftest import SMALL, small_config
 
 pytestmark = pytest.mark.slow
 BUILD_OPS = "from plm_ray.engine.ops import ensure_cpu_ops; ensure_cpu_ops(); print('built')"
@@ -51,19 +50,27 @@ class Hog:
 
 
 @pytest.mark.usefixtures("ray_cluster")
-def test_a_run_waiting_for_resources_it_cannot_get_says_so_and_stops(tmp_path: Path, capsys: pytest.CaptureFixture):
-    watch = ["pretrain.num_workers=1", "run.stall_minutes=0.1", "run.exit_on_stall=true"]
-    cfg = small_config(tmp_path, "stuck", *watch)
-    pipeline.execute("prepare", cfg)  # the cache: what the stalled command waits for is then only its worker
+def test_a_run_waiting_for_resources_it_cannot_get_says_so_and_exits_3(tmp_path: Path):
+    """The CLI joins the test session's cluster, whose CPUs a Hog holds: its worker can never start."""
+    sets = [*SMALL, f"store.root={tmp_path}", "run.name=stuck", "pretrain.num_workers=1"]
+    pipeline.execute("prepare", small_config(tmp_path, "stuck", "pretrain.num_workers=1"))  # the cache, first
+    watch = ["run.stall_minutes=0.1", "run.exit_on_stall=true"]
     hog = Hog.remote()
     ray.get(hog.ready.remote())
-    began = time.time()
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     try:
-        with pytest.raises(Stalled, match=r"no progress for 0\.1 min; waiting for resources: 1 placement group"):
-            pipeline.execute("pretrain", small_config(tmp_path, "stuck", *watch))
+        done = subprocess.run(
+            [sys.executable, "-m", "plm_ray", "pretrain", *[x for s in [*sets, *watch] for x in ("--set", s)]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     finally:
         ray.kill(hog)
-    assert time.time() - began < 120
-    assert "[plm-ray] no progress for" in capsys.readouterr().out
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
+    said = "no progress for 0.1 min; waiting for resources: 1 placement group(s) and 0 actor(s) asking {'CPU': 1.0}"
+    assert f"[plm-ray] {said}" in done.stdout and f"plm-ray: stalled: {said}" in done.stderr
     assert not (tmp_path / "stuck" / "pretrain" / "result.json").exists()
     assert not (tmp_path / "stuck" / "summary.json").exists()
+    assert (tmp_path / "stuck" / "logs" / "driver.log").is_file()

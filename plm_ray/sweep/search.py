@@ -92,7 +92,6 @@ def _scheduler(cfg: Config) -> TrialScheduler:
                 "learning_rate": tune.loguniform(s.lr_min, s.lr_max),
                 "weight_decay": s.weight_decays,
             },
-            seed=cfg.run.seed,
         )
     return FIFOScheduler()
 
