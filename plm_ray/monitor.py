@@ -30,6 +30,17 @@ GRACE_SECONDS = 30.0  # what a stalled command's stages get to stop after the in
 LAST_WORDS: list[Callable[[], None]] = []
 
 
+_watching: Any = None  # the Progress actor of the command this driver runs now, for heartbeats
+
+
+def heartbeat(doing: str) -> None:
+    """A heartbeat from the driver itself (Tune's callbacks run there). Looked up when called, not
+    held: Tune pickles its callbacks into the experiment, and a restored sweep runs under another
+    command's monitor."""
+    if _watching is not None:
+        _watching.beat.remote(doing)
+
+
 class Stalled(RuntimeError):
     """The command made no progress for run.stall_minutes and run.exit_on_stall is set."""
 
@@ -103,10 +114,14 @@ class Monitor:
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def __enter__(self) -> Monitor:
+        global _watching
+        _watching = self.progress
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        global _watching
+        _watching = None
         self._stop.set()
         self._thread.join()
         self._print()  # the last lines before the summary, never after it

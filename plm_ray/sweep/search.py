@@ -17,6 +17,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
 from plm_ray.config import Config, ConfigError
+from plm_ray.monitor import heartbeat
 from plm_ray.store import Store
 
 MODES = {"accuracy": "max", "macro_f1": "max", "loss": "min"}
@@ -105,8 +106,8 @@ class TrialLines(tune.Callback):
     """One console line per trial evaluation (Tune's own tables come with --verbose), and a
     heartbeat for the monitor: a trial report is progress."""
 
-    def __init__(self, metric: str, progress: Any):
-        self.metric, self.progress = metric, progress
+    def __init__(self, metric: str):
+        self.metric = metric
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         c = trial.config
@@ -115,8 +116,7 @@ class TrialLines(tune.Callback):
             f"{self.metric} {result[self.metric]:.4f} ({result['examples_per_second']:,.0f} examples/s)",
             flush=True,
         )
-        if self.progress is not None:
-            self.progress.beat.remote(f"sweep trials (last report from {trial.trial_id})")
+        heartbeat(f"sweep trials (last report from {trial.trial_id})")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         print(f"[sweep] {trial.trial_id} failed; its error is in {trial.path}", flush=True)

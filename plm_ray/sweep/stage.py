@@ -116,7 +116,7 @@ class SweepStage:
         started = time.time()
         setup = {"config": ctx.cfg.to_dict(), "run": run, "model": model, "random_like": random_like}
         setup.update(id2label=labels["id2label"], deepspeed=checked.deepspeed)
-        callbacks = [TrialLines(s.metric, ctx.progress), *tracking.tune_callbacks(ctx.cfg, run)]
+        callbacks = [TrialLines(s.metric), *tracking.tune_callbacks(ctx.cfg, run)]
         grid = tuner(ctx.cfg, store, run, setup, callbacks, verbose=ctx.verbose).fit()
         result = collect_results(grid, ctx.cfg, store, run)
         result.update(model=model or "random", labels=labels, wall_seconds=time.time() - started)
