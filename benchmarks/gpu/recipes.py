@@ -144,8 +144,9 @@ def _engine_step(
     hardware = replace(hw.pretraining(cfg), precision=precision)
     ensure_process_group(hardware)
     model = bert_base(cfg, len(tokenizer))
-    spec = replace(engine_spec(cfg, 1, 10_000, model.config.hidden_size), micro_batch=micro, grad_accum=BATCH // micro)
-    engine = Engine(SparseMLM(model), replace(spec, zero_stage=stage, compile=compile), hardware)
+    spec = engine_spec(cfg, 1, 10_000, model.config.hidden_size, {})
+    spec = replace(spec, micro_batch=micro, grad_accum=BATCH // micro, zero_stage=stage, compile=compile)
+    engine = Engine(SparseMLM(model), spec, hardware)
     tables = MaskingTables.from_tokenizer(tokenizer).to(engine.device)
     capacity = masked_capacity(micro * SEQ, cfg.masking)
 

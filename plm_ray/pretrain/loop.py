@@ -14,7 +14,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,7 @@ def set_up(loop_config: dict[str, Any]) -> Worker:
         cfg.model, len(tokenizer), cfg.data.block_size, tokenizer.pad_token_id, init_dir, hardware.attention
     )
     tokenizer.model_max_length = max_sequence(model.config)  # what `truncation=True` cuts to, in every export
-    spec = replace(engine_spec(cfg, world, total_steps, model.config.hidden_size), user=loop_config["deepspeed"])
+    spec = engine_spec(cfg, world, total_steps, model.config.hidden_size, loop_config["deepspeed"])
     engine = Engine(SparseMLM(model), spec, hardware)
     tables = MaskingTables.from_tokenizer(tokenizer).to(engine.device)
     micro_tokens = cfg.pretrain.batch_size * cfg.data.block_size

@@ -3,11 +3,13 @@ driver checks a user's DeepSpeed JSON against it and the workers build their eng
 
 from __future__ import annotations
 
+from typing import Any
+
 from plm_ray.config import Config, resolve_zero_stage
 from plm_ray.engine.deepspeed_config import EngineSpec
 
 
-def engine_spec(cfg: Config, world: int, total_steps: int, hidden: int) -> EngineSpec:
+def engine_spec(cfg: Config, world: int, total_steps: int, hidden: int, user: dict[str, Any]) -> EngineSpec:
     p = cfg.pretrain
     return EngineSpec(
         micro_batch=p.batch_size,
@@ -23,4 +25,5 @@ def engine_spec(cfg: Config, world: int, total_steps: int, hidden: int) -> Engin
         hidden_size=hidden,
         optimizer=cfg.optimizer,
         compile=p.compile,
+        user=user,
     )

@@ -4,7 +4,6 @@ cluster can hold the workers, then launch Ray Train's `TorchTrainer`; each worke
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import ray
@@ -50,8 +49,8 @@ class PretrainStage:
         user = read_user_config(cfg.pretrain.deepspeed, "pretrain.deepspeed") if cfg.pretrain.deepspeed else {}
         if user:
             _, hidden, _, _ = model_shape(cfg)
-            spec = engine_spec(cfg, cfg.pretrain.num_workers, max(cfg.pretrain.max_steps, 1), hidden)
-            deepspeed_config(replace(spec, user=user), hw.expected(cfg.pretrain.use_gpu, cfg.pretrain.precision))
+            spec = engine_spec(cfg, cfg.pretrain.num_workers, max(cfg.pretrain.max_steps, 1), hidden, user)
+            deepspeed_config(spec, hw.expected(cfg.pretrain.use_gpu, cfg.pretrain.precision))
         latest = None if ctx.overwrite else checkpoints.latest_complete(store, run)
         if latest:
             saved = checkpoints.read_state(store, run, latest)
