@@ -99,3 +99,22 @@ def test_engine_builds_torch_adamw_with_the_configured_betas(one_rank_group: Non
     assert isinstance(optimizer, torch.optim.AdamW)
     assert {(g["betas"], g["eps"]) for g in optimizer.param_groups} == {((0.8, 0.9), 1e-7)}
     assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 0.01]
+
+
+def test_a_users_deepspeed_json_merges_over_the_generated_config():
+    """Its own keys win, "auto" (a value or a whole HF-style block) keeps plm-ray's, and repeating
+    plm-ray's own value is allowed; a conflicting value is refused (tests/test_refusals.py)."""
+    ours = deepspeed_config(SPEC, CPU)
+    user = {
+        "zero_optimization": {"stage": 2, "reduce_bucket_size": 12345, "contiguous_gradients": False},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_clipping": "auto",
+        "scheduler": {"type": "auto", "params": {"warmup_num_steps": "auto"}},
+        "activation_checkpointing": {"partition_activations": True},
+    }
+    merged = deepspeed_config(replace(SPEC, user=user), CPU)
+    zero = {**ours["zero_optimization"], "reduce_bucket_size": 12345, "contiguous_gradients": False}
+    assert merged["zero_optimization"] == zero
+    assert merged["activation_checkpointing"] == {"partition_activations": True}
+    for kept in ("train_micro_batch_size_per_gpu", "gradient_clipping", "scheduler", "torch_autocast"):
+        assert merged[kept] == ours[kept], kept
