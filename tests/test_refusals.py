@@ -75,6 +75,10 @@ CASES = [
     (["pretrain", "--set", f"data.corpus={MISSING}"], f"corpus path not found: {MISSING}"),
     (["sweep", "--set", "sweep.model=random", "--set", f"sweep.task={MISSING}.tsv"], f"path not found: {MISSING}.tsv"),
     (["pretrain", "--set", f"tokenizer.path={MISSING}"], f"cannot load tokenizer '{MISSING}'"),
+    (
+        ["sweep", "--set", "sweep.model=random", "--set", f"tokenizer.path={MISSING}"],
+        f"cannot load tokenizer '{MISSING}'",
+    ),
     (["pretrain", "--set", f"model.init_from={MISSING}"], f"not a loadable Hugging Face checkpoint: {MISSING}"),
     (["sweep", "--set", f"sweep.model={MISSING}"], f"checkpoint path not found: {MISSING}"),
     (

@@ -59,6 +59,12 @@ class Prepared:
             )
 
 
+@dataclass
+class PrepareInputs:
+    corpus: Corpus | None  # read and checked (None: the embedded one, written when the stage runs)
+    tokenizer: Any  # `tokenizer.path`'s, loaded and checked (None: the run's own or one trained on the corpus)
+
+
 class PrepareStage:
     name = "prepare"
 
@@ -69,20 +75,19 @@ class PrepareStage:
         """Only pre-training needs the cache: a run whose pre-training completed needs nothing here."""
         return bool(ctx.run) and ctx.store.exists(ctx.run, "pretrain", "result.json")
 
-    def check(self, ctx: Context) -> Corpus | None:
-        """The corpus (None: the embedded one, written when the stage runs) and `tokenizer.path`."""
-        if ctx.cfg.tokenizer.path:
-            load_tokenizer(ctx.cfg.tokenizer.path)
+    def check(self, ctx: Context) -> PrepareInputs:
+        """The corpus and `tokenizer.path`'s tokenizer, each read and checked once."""
+        tokenizer = load_tokenizer(ctx.cfg.tokenizer.path) if ctx.cfg.tokenizer.path else None
         d = ctx.cfg.data
-        return None if d.corpus == "embedded" else check_corpus(d, ctx.store, d.corpus)
+        return PrepareInputs(None if d.corpus == "embedded" else check_corpus(d, ctx.store, d.corpus), tokenizer)
 
     def check_cluster(self, ctx: Context, checked: Any) -> None:
         pass
 
-    def run(self, ctx: Context, corpus: Corpus | None) -> dict[str, Any]:
+    def run(self, ctx: Context, checked: PrepareInputs) -> dict[str, Any]:
         d, store = ctx.cfg.data, ctx.store
-        corpus = corpus or check_corpus(d, store, embedded.locations(store, ctx.cfg.run.seed)["corpus"])
-        tokenizer = self._tokenizer(ctx, corpus)
+        corpus = checked.corpus or check_corpus(d, store, embedded.locations(store, ctx.cfg.run.seed)["corpus"])
+        tokenizer = self._tokenizer(ctx, corpus, checked.tokenizer)
         info = {
             "json": tokenizer.backend_tokenizer.to_str(),
             "cls": tokenizer.cls_token_id,
@@ -110,15 +115,16 @@ class PrepareStage:
         print(f"[plm-ray] tokenized cache {prepared.cache}: {known} train blocks of {d.block_size} tokens", flush=True)
         return {"cache": prepared.cache, "eval_blocks": len(prepared.eval_blocks)}
 
-    def _tokenizer(self, ctx: Context, corpus: Corpus) -> Any:
-        """The run's own tokenizer when it has one (a resume), else the corpus's; kept in the run."""
+    def _tokenizer(self, ctx: Context, corpus: Corpus, given: Any) -> Any:
+        """The run's own tokenizer when it has one (a resume), else `tokenizer.path`'s (`given`), else
+        the one trained on the corpus; kept in the run."""
         import tempfile
 
         store, run = ctx.store, ctx.run
         with tempfile.TemporaryDirectory() as tmp:
             if run and store.exists(run, "tokenizer"):
                 return load_tokenizer(store.download_dir(tmp, run, "tokenizer"))
-            tokenizer = corpus_tokenizer(ctx.cfg.tokenizer, corpus, store)
+            tokenizer = given or corpus_tokenizer(ctx.cfg.tokenizer, corpus, store)
             if run:
                 tokenizer.save_pretrained(tmp)
                 store.upload_dir(tmp, run, "tokenizer")

@@ -79,10 +79,8 @@ def cached_folder(corpus: Corpus, cfg: TokenizerSection) -> tuple[str, ...]:
 
 
 def corpus_tokenizer(cfg: TokenizerSection, corpus: Corpus, store: Store) -> PreTrainedTokenizerFast:
-    """`tokenizer.path`'s, or the WordPiece trained on this corpus with these settings: from the
-    store's cache, else trained on the corpus's first `sample_documents` documents and cached."""
-    if cfg.path:
-        return load_tokenizer(cfg.path)
+    """The WordPiece trained on this corpus with these settings: from the store's cache, else
+    trained on the corpus's first `sample_documents` documents and cached."""
     cached = cached_folder(corpus, cfg)
     with tempfile.TemporaryDirectory() as tmp:
         if store.exists(*cached, "complete"):

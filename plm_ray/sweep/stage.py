@@ -31,6 +31,7 @@ class SweepInputs:
     model: str  # checkpoint to fine-tune ("" for a random init of the run's shape)
     labeled: dict[str, Any] | None  # the task's rows, read and checked (None: the embedded task)
     deepspeed: dict[str, Any]  # the user's DeepSpeed JSON, read and checked
+    tokenizer: Any = None  # `tokenizer.path`'s, for a random init in a run that has no tokenizer of its own
 
 
 def checkpoint_location(location: str, store: Store, hint: str = "") -> str:
@@ -65,13 +66,18 @@ class SweepStage:
         elif s.model == "" and "pretrain" not in ctx.stages:
             hint = "; run pretrain first or set sweep.model"
             model = checkpoint_location(store.uri(ctx.run, "pretrain", "export"), store, hint)
-        needs_tokenizer = s.model == "random" and "prepare" not in ctx.stages and not ctx.cfg.tokenizer.path
-        if needs_tokenizer and not store.exists(ctx.run, "tokenizer"):
-            raise ConfigError(
-                "config key 'sweep.model' = 'random': needs the run's tokenizer (run pretrain first) or tokenizer.path"
-            )
+        tokenizer = None
+        if s.model == "random" and "prepare" not in ctx.stages and not store.exists(ctx.run, "tokenizer"):
+            if not ctx.cfg.tokenizer.path:
+                raise ConfigError(
+                    "config key 'sweep.model' = 'random': needs the run's tokenizer (run pretrain first) "
+                    "or tokenizer.path"
+                )
+            from plm_ray.data.tokenizer import load_tokenizer
+
+            tokenizer = load_tokenizer(ctx.cfg.tokenizer.path)
         check_searcher(ctx.cfg)
-        return SweepInputs("" if model == "random" else model, labeled, self._deepspeed(ctx))
+        return SweepInputs("" if model == "random" else model, labeled, self._deepspeed(ctx), tokenizer)
 
     def _deepspeed(self, ctx: Context) -> dict[str, Any]:
         """The user's DeepSpeed JSON, checked against a trial's spec (the space's first values)."""
@@ -106,7 +112,7 @@ class SweepStage:
 
         s, store, run = ctx.cfg.sweep, ctx.store, ctx.run
         model = checked.model or (store.uri(run, "pretrain", "export") if s.model == "" else "")
-        random_like = "" if model else self._random_init_shape(ctx)
+        random_like = "" if model else self._random_init_shape(ctx, checked.tokenizer)
         labels = store_labeled(checked.labeled or self._embedded_task(ctx), store, run, s.name)
         rows = f"{labels['train_rows']:,} train / {labels['validation_rows']:,} validation rows"
         print(
@@ -141,8 +147,9 @@ class SweepStage:
         where = embedded.locations(ctx.store, ctx.cfg.run.seed)
         return read_labeled(s, ctx.store, where["train"], s.validation or where["dev"])
 
-    def _random_init_shape(self, ctx: Context) -> str:
-        """A random init needs the run's tokenizer and the model's shape: stored in the sweep's folder."""
+    def _random_init_shape(self, ctx: Context, given: Any) -> str:
+        """A random init needs the run's tokenizer (or `tokenizer.path`'s, `given`) and the model's
+        shape: stored in the sweep's folder."""
         from plm_ray.data.tokenizer import load_tokenizer
         from plm_ray.model.build import build_config
 
@@ -151,7 +158,7 @@ class SweepStage:
             if store.exists(run, "tokenizer"):
                 tokenizer = load_tokenizer(store.download_dir(Path(tmp) / "tokenizer", run, "tokenizer"))
             else:
-                tokenizer = load_tokenizer(cfg.tokenizer.path)  # the check made sure there is one
+                tokenizer = given  # the check loaded it
             shape = build_config(cfg.model, len(tokenizer), cfg.data.block_size, tokenizer.pad_token_id)
             shape.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
